@@ -1,0 +1,60 @@
+"""Tell a checkpoint's variant from its keys and shapes (never from the file name)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from sam_jax.config import VARIANTS, ViTConfig
+
+
+def _count(state_dict: Mapping, prefix: str, suffix: str) -> int:
+    """Number of indexed children `prefix.<i>.suffix` present."""
+    i = 0
+    while f"{prefix}.{i}.{suffix}" in state_dict:
+        i += 1
+    return i
+
+
+def _vit_signature(sd: Mapping) -> dict | None:
+    w = sd.get("image_encoder.patch_embed.proj.weight")
+    if w is None or "image_encoder.pos_embed" not in sd:
+        return None
+    return {
+        "type": ViTConfig,
+        "embed_dim": int(np.shape(w)[0]),
+        "depth": _count(sd, "image_encoder.blocks", "norm1.weight"),
+    }
+
+
+def _matches(cfg, sig: dict) -> bool:
+    enc = cfg.encoder
+    return type(enc) is sig["type"] and all(
+        getattr(enc, k) == v for k, v in sig.items() if k != "type"
+    )
+
+
+# Each reads the encoder family's signature off a state_dict, or None if it is not that family.
+SIGNATURES = (_vit_signature,)
+
+
+def detect_variant(state_dict: Mapping) -> str:
+    """The variant name whose encoder matches the checkpoint; ValueError if none does."""
+    for signature in SIGNATURES:
+        sig = signature(state_dict)
+        if sig is None:
+            continue
+        for name, cfg in VARIANTS.items():
+            if _matches(cfg, sig):
+                return name
+        found = ", ".join(f"{k}={v}" for k, v in sig.items() if k != "type")
+        raise ValueError(
+            f"checkpoint looks like a {sig['type'].__name__} encoder ({found}) "
+            f"but fits no known variant; pass variant= explicitly"
+        )
+    sample = ", ".join(list(state_dict)[:5])
+    raise ValueError(
+        "cannot tell the model variant from the checkpoint keys "
+        f"(first keys: {sample}); is this a SAM / SAM 2 checkpoint?"
+    )

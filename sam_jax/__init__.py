@@ -1,0 +1,12 @@
+"""sam-jax: Segment Anything (SAM, MobileSAM, SAM 2) in JAX/Flax.
+
+import sam_jax
+model, params = sam_jax.load("sam_b.pt")            # torch file read without torch
+emb = model.apply(params, images, method="encode_image")
+"""
+
+from sam_jax.checkpoint import build, init_params, load, save
+from sam_jax.config import VARIANTS
+
+__all__ = ["VARIANTS", "build", "init_params", "load", "save"]
+__version__ = "0.1.0"

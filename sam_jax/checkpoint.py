@@ -1,0 +1,128 @@
+"""Build models, initialise, load (torch or safetensors) and save parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from sam_jax.config import SamConfig, config_from_json, config_to_json, variant_config
+from sam_jax.convert.detect import detect_variant
+from sam_jax.convert.keymap import state_dict_to_variables
+from sam_jax.convert.torch_reader import read_state_dict
+from sam_jax.models.sam import Sam
+
+# Top-level module for each model config type.
+MODELS: dict[type, type[nn.Module]] = {SamConfig: Sam}
+
+FORMAT = "sam_jax"
+TORCH_SUFFIXES = (".pt", ".pth")
+
+
+def build_from_config(config: Any, **kwargs: Any) -> nn.Module:
+    return MODELS[type(config)](config, **kwargs)
+
+
+def build(variant: str, image_size: int | None = None, **kwargs: Any) -> nn.Module:
+    """A Flax Linen module for a named variant (no weights). `image_size` must be a multiple
+    of the encoder stride (16 for SAM); kwargs go to the module (e.g. remat=True)."""
+    return build_from_config(variant_config(variant, image_size), **kwargs)
+
+
+def _dummy_images(model: nn.Module) -> jnp.ndarray:
+    s = model.config.image_size
+    return jnp.zeros((1, s, s, 3), jnp.float32)
+
+
+def init_params(model: nn.Module, key: jax.Array) -> dict:
+    """Fresh random variables ({'params': ...} plus any batch statistics) for `model`."""
+    init = jax.jit(lambda k: model.init(k, _dummy_images(model), method="init_everything"))
+    return jax.device_get(init(key))
+
+
+def variable_shapes(model: nn.Module) -> dict:
+    """The variables tree of `model` as ShapeDtypeStructs, without computing anything."""
+    return jax.eval_shape(
+        lambda: model.init(jax.random.key(0), _dummy_images(model), method="init_everything")
+    )
+
+
+def atomic_write(path: str | os.PathLike, write: Any) -> None:
+    """Call write(tmp_path) then rename onto `path`: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save(path: str | os.PathLike, model: nn.Module, params: Mapping) -> None:
+    """Write variables to a .safetensors file with the variant and config in its metadata."""
+    flat = {"/".join(k): np.asarray(v) for k, v in flatten_dict(dict(params)).items()}
+    meta = {"format": FORMAT, "variant": model.config.name, "config": config_to_json(model.config)}
+    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=meta))
+
+
+def _check_tree(variables: Mapping, expected: Mapping, source: str) -> None:
+    got = {k: np.shape(v) for k, v in flatten_dict(dict(variables)).items()}
+    want = {k: tuple(v.shape) for k, v in flatten_dict(dict(expected)).items()}
+    problems = [f"missing {'/'.join(k)} {s}" for k, s in want.items() if k not in got]
+    problems += [f"unexpected {'/'.join(k)} {s}" for k, s in got.items() if k not in want]
+    problems += [
+        f"shape mismatch for {'/'.join(k)}: file {got[k]}, model {s}"
+        for k, s in want.items()
+        if k in got and got[k] != s
+    ]
+    if problems:
+        raise ValueError(f"{source} does not fit the model:\n  " + "\n  ".join(problems[:20]))
+
+
+def _load_safetensors(path: Path, variant: str | None, image_size: int | None):
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata() or {}
+        flat = {tuple(k.split("/")): f.get_tensor(k) for k in f.keys()}
+    if variant is not None:
+        config = variant_config(variant)
+    elif meta.get("format") == FORMAT and "config" in meta:
+        config = config_from_json(meta["config"])
+    else:
+        raise ValueError(f"{path} has no sam_jax metadata; pass variant= to load it")
+    if image_size is not None:
+        config = dataclasses.replace(config, image_size=image_size)
+    model = build_from_config(config)
+    variables = unflatten_dict(flat)
+    _check_tree(variables, variable_shapes(model), str(path))
+    return model, variables
+
+
+def load(
+    path: str | os.PathLike, variant: str | None = None, image_size: int | None = None
+) -> tuple[nn.Module, dict]:
+    """Load a Meta / ultralytics torch checkpoint (.pt/.pth, read without torch) or a
+    sam_jax .safetensors file. Returns (model, variables) ready for `model.apply`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint file: {path}")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, variant, image_size)
+    state_dict = read_state_dict(path)
+    model = build(variant or detect_variant(state_dict), image_size)
+    variables = state_dict_to_variables(state_dict, variable_shapes(model))
+    return model, variables

@@ -1,0 +1,98 @@
+"""Model configurations: frozen dataclasses, and the table of named variants.
+
+Variants are data: a name maps to a config, and one set of modules reads every config.
+The numbers are those of the reference checkpoints (see REFERENCE.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """SAM's plain ViT image encoder (sam_b / sam_l / sam_h)."""
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    patch_size: int = 16
+    window_size: int = 14
+    mlp_ratio: float = 4.0
+    out_chans: int = 256
+    # The image size the stored position tables were trained at; other sizes resize them.
+    pretrain_image_size: int = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class SamConfig:
+    """A SAM model: image encoder + prompt encoder + two-way-transformer mask decoder."""
+
+    encoder: Any = dataclasses.field(default_factory=ViTConfig)
+    name: str = "custom"  # variant name, written into saved files
+    image_size: int = 1024
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+
+    @property
+    def embed_size(self) -> int:
+        """Side of the image-embedding grid: the encoder's stride is 16."""
+        return self.image_size // 16
+
+    @property
+    def mask_input_size(self) -> int:
+        return 4 * self.embed_size
+
+
+ENCODER_TYPES: dict[str, type] = {"vit": ViTConfig}
+MODEL_TYPES: dict[str, type] = {"sam": SamConfig}
+
+VARIANTS: dict[str, SamConfig] = {
+    "sam_b": SamConfig(ViTConfig(768, 12, 12, (2, 5, 8, 11)), "sam_b"),
+    "sam_l": SamConfig(ViTConfig(1024, 24, 16, (5, 11, 17, 23)), "sam_l"),
+    "sam_h": SamConfig(ViTConfig(1280, 32, 16, (7, 15, 23, 31)), "sam_h"),
+}
+
+
+def variant_config(name: str, image_size: int | None = None) -> SamConfig:
+    """The config of a named variant, optionally at another square image size."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    cfg = VARIANTS[name]
+    return cfg if image_size is None else dataclasses.replace(cfg, image_size=image_size)
+
+
+def _type_name(table: dict[str, type], obj: Any) -> str:
+    return next(k for k, v in table.items() if type(obj) is v)
+
+
+def config_to_json(cfg: Any) -> str:
+    """Serialise a model config (for safetensors metadata)."""
+    d = dataclasses.asdict(cfg)
+    d["encoder"]["type"] = _type_name(ENCODER_TYPES, cfg.encoder)
+    d["type"] = _type_name(MODEL_TYPES, cfg)
+    return json.dumps(d, sort_keys=True)
+
+
+def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def config_from_json(text: str) -> Any:
+    """Inverse of `config_to_json`."""
+    d = json.loads(text)
+    enc = dict(d.pop("encoder"))
+    enc_cls = ENCODER_TYPES[enc.pop("type")]
+    cls = MODEL_TYPES[d.pop("type")]
+    return cls(encoder=enc_cls(**_tuples(enc)), **_tuples(d))

@@ -1,0 +1,82 @@
+"""Small building blocks shared by the SAM models."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def layer_norm(eps: float = 1e-5, name: str | None = None) -> nn.LayerNorm:
+    """LayerNorm over the last axis with torch's two-pass variance (exact parity).
+
+    In NHWC this is also the reference's LayerNorm2d (eps 1e-6), which normalises channels.
+    """
+    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
+
+
+def gelu(x: jnp.ndarray) -> jnp.ndarray:
+    """torch.nn.GELU's default, the exact erf form."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+class MLP(nn.Module):
+    """`num_layers` Dense layers with ReLU between them (named layers_0 .. layers_{n-1})."""
+
+    hidden_dim: int
+    output_dim: int
+    num_layers: int
+    sigmoid_output: bool = False
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        for i in range(self.num_layers):
+            last = i == self.num_layers - 1
+            x = nn.Dense(self.output_dim if last else self.hidden_dim, name=f"layers_{i}")(x)
+            if not last:
+                x = jax.nn.relu(x)
+        return jax.nn.sigmoid(x) if self.sigmoid_output else x
+
+
+class MLPBlock(nn.Module):
+    """Transformer feed-forward: lin1 -> activation -> lin2."""
+
+    mlp_dim: int
+    activation: str = "gelu"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        act = gelu if self.activation == "gelu" else jax.nn.relu
+        h = act(nn.Dense(self.mlp_dim, name="lin1")(x))
+        return nn.Dense(x.shape[-1], name="lin2")(h)
+
+
+class ConvTranspose2x2(nn.Module):
+    """Kernel-2 stride-2 transposed convolution: each pixel becomes a 2x2 block.
+
+    Written as one einsum since the blocks never overlap. kernel: (2, 2, C_in, C_out).
+    (B, H, W, C_in) -> (B, 2H, 2W, C_out).
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        b, h, w, c = x.shape
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (2, 2, c, self.features), jnp.float32
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        y = jnp.einsum("bhwc,ijcd->bhiwjd", x, kernel.astype(x.dtype))
+        return y.reshape(b, 2 * h, 2 * w, self.features) + bias.astype(x.dtype)
+
+
+class Table(nn.Module):
+    """A learned (num, dim) table used whole, like torch's nn.Embedding weight."""
+
+    num: int
+    dim: int
+
+    @nn.compact
+    def __call__(self) -> jnp.ndarray:
+        return self.param("weight", nn.initializers.normal(1.0), (self.num, self.dim), jnp.float32)

@@ -1,0 +1,123 @@
+"""SAM's prompt encoder: points, boxes and masks -> sparse tokens and a dense embedding."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from sam_jax.models.layers import Table, gelu, layer_norm
+from sam_jax.models.resize import resize_bilinear
+
+
+class PositionEmbeddingRandom(nn.Module):
+    """Random-Fourier-feature encoding of normalised (x, y) coordinates."""
+
+    num_pos_feats: int = 128
+
+    def setup(self) -> None:
+        self.positional_encoding_gaussian_matrix = self.param(
+            "positional_encoding_gaussian_matrix",
+            nn.initializers.normal(1.0),
+            (2, self.num_pos_feats),
+            jnp.float32,
+        )
+
+    def encode(self, coords: jnp.ndarray) -> jnp.ndarray:
+        """(..., 2) coordinates in [0, 1] -> (..., 2 * num_pos_feats)."""
+        proj = (2.0 * coords - 1.0) @ self.positional_encoding_gaussian_matrix.astype(coords.dtype)
+        proj = 2.0 * math.pi * proj
+        return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
+
+    def grid(self, h: int, w: int) -> jnp.ndarray:
+        """Encoding of every cell centre of an (h, w) grid: (h, w, 2 * num_pos_feats)."""
+        y = (jnp.arange(h, dtype=jnp.float32) + 0.5) / h
+        x = (jnp.arange(w, dtype=jnp.float32) + 0.5) / w
+        xy = jnp.stack(jnp.broadcast_arrays(x[None, :], y[:, None]), axis=-1)
+        return self.encode(xy)
+
+    def points(self, coords: jnp.ndarray, image_size: int) -> jnp.ndarray:
+        """(B, N, 2) pixel coordinates of a square image -> (B, N, 2 * num_pos_feats)."""
+        return self.encode(coords / image_size)
+
+
+class PromptEncoder(nn.Module):
+    """Encodes prompts for the mask decoder.
+
+    point_coords (B, N, 2) pixels with point_labels (B, N) in {-1, 0, 1, 2, 3};
+    boxes (B, 4) xyxy; mask_inputs (B, m, m, 1) logits (resized to S/4 if m differs).
+    Returns sparse (B, N' , D) and dense (B, S/16, S/16, D) embeddings.
+    """
+
+    embed_dim: int
+    image_size: int
+    mask_in_chans: int = 16
+
+    def setup(self) -> None:
+        d = self.embed_dim
+        self.pe_layer = PositionEmbeddingRandom(d // 2)
+        self.point_embeddings = [Table(1, d) for _ in range(4)]
+        self.not_a_point_embed = Table(1, d)
+        self.no_mask_embed = Table(1, d)
+        c = self.mask_in_chans
+        self.mask_downscaling_0 = nn.Conv(c // 4, (2, 2), strides=(2, 2), padding="VALID")
+        self.mask_downscaling_1 = layer_norm(1e-6)
+        self.mask_downscaling_3 = nn.Conv(c, (2, 2), strides=(2, 2), padding="VALID")
+        self.mask_downscaling_4 = layer_norm(1e-6)
+        self.mask_downscaling_6 = nn.Conv(d, (1, 1))
+
+    @property
+    def embed_size(self) -> int:
+        return self.image_size // 16
+
+    def dense_pe(self) -> jnp.ndarray:
+        """Positional encoding of the image-embedding grid: (S/16, S/16, D)."""
+        return self.pe_layer.grid(self.embed_size, self.embed_size)
+
+    def embed_points(self, coords: jnp.ndarray, labels: jnp.ndarray, pad: bool) -> jnp.ndarray:
+        coords = coords.astype(jnp.float32) + 0.5  # to pixel centres
+        labels = labels.astype(jnp.int32)
+        if pad:  # a "not a point" token stands in for the missing box
+            b = coords.shape[0]
+            coords = jnp.concatenate([coords, jnp.zeros((b, 1, 2), coords.dtype)], axis=1)
+            labels = jnp.concatenate([labels, -jnp.ones((b, 1), jnp.int32)], axis=1)
+        emb = self.pe_layer.points(coords, self.image_size)
+        lab = labels[..., None]
+        emb = jnp.where(lab == -1, self.not_a_point_embed()[0], emb)
+        for i, table in enumerate(self.point_embeddings):
+            emb = emb + jnp.where(lab == i, table()[0], 0.0)
+        return emb
+
+    def embed_boxes(self, boxes: jnp.ndarray) -> jnp.ndarray:
+        corners = boxes.astype(jnp.float32).reshape(-1, 2, 2) + 0.5
+        emb = self.pe_layer.points(corners, self.image_size)
+        corner_tokens = jnp.concatenate([self.point_embeddings[2](), self.point_embeddings[3]()])
+        return emb + corner_tokens
+
+    def embed_masks(self, masks: jnp.ndarray) -> jnp.ndarray:
+        m = 4 * self.embed_size
+        x = resize_bilinear(masks.astype(jnp.float32), (m, m))
+        x = gelu(self.mask_downscaling_1(self.mask_downscaling_0(x)))
+        x = gelu(self.mask_downscaling_4(self.mask_downscaling_3(x)))
+        return self.mask_downscaling_6(x)
+
+    def __call__(
+        self,
+        batch_size: int,
+        point_coords: jnp.ndarray | None = None,
+        point_labels: jnp.ndarray | None = None,
+        boxes: jnp.ndarray | None = None,
+        mask_inputs: jnp.ndarray | None = None,
+    ) -> tuple[jnp.ndarray, jnp.ndarray]:
+        sparse = [jnp.zeros((batch_size, 0, self.embed_dim), jnp.float32)]
+        if point_coords is not None:
+            sparse.append(self.embed_points(point_coords, point_labels, pad=boxes is None))
+        if boxes is not None:
+            sparse.append(self.embed_boxes(boxes))
+        if mask_inputs is not None:
+            dense = self.embed_masks(mask_inputs)
+        else:
+            g = self.embed_size
+            dense = jnp.broadcast_to(self.no_mask_embed(), (batch_size, g, g, self.embed_dim))
+        return jnp.concatenate(sparse, axis=1), dense
