@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import numpy as np
 
-from sam_jax.config import VARIANTS, ViTConfig
+from sam_jax.config import VARIANTS, TinyViTConfig, ViTConfig
+
+_TINY_VIT_BLOCK = re.compile(r"image_encoder\.layers\.(\d+)\.blocks\.(\d+)\.")
 
 
 def _count(state_dict: Mapping, prefix: str, suffix: str) -> int:
@@ -28,6 +31,26 @@ def _vit_signature(sd: Mapping) -> dict | None:
     }
 
 
+def _tiny_vit_signature(sd: Mapping) -> dict | None:
+    """TinyViT (MobileSAM): stage widths and block counts. Stage 0 is convolutional, so
+    the widths come from the patch embedding and then from each attention stage's norm."""
+    w = sd.get("image_encoder.patch_embed.seq.2.c.weight")
+    if w is None:
+        return None
+    blocks: dict[int, int] = {}  # stage -> number of blocks
+    for key in sd:
+        m = _TINY_VIT_BLOCK.match(key)
+        if m:
+            stage, block = int(m[1]), int(m[2])
+            blocks[stage] = max(blocks.get(stage, 0), block + 1)
+    depths = tuple(blocks.get(i, 0) for i in range(len(blocks)))
+    dims = [int(np.shape(w)[0])]
+    for i in range(1, len(depths)):
+        norm = sd.get(f"image_encoder.layers.{i}.blocks.0.attn.norm.weight")
+        dims.append(-1 if norm is None else int(np.shape(norm)[0]))
+    return {"type": TinyViTConfig, "embed_dims": tuple(dims), "depths": depths}
+
+
 def _matches(cfg, sig: dict) -> bool:
     enc = cfg.encoder
     return type(enc) is sig["type"] and all(
@@ -36,7 +59,7 @@ def _matches(cfg, sig: dict) -> bool:
 
 
 # Each reads the encoder family's signature off a state_dict, or None if it is not that family.
-SIGNATURES = (_vit_signature,)
+SIGNATURES = (_vit_signature, _tiny_vit_signature)
 
 
 def detect_variant(state_dict: Mapping) -> str:

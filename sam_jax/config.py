@@ -28,6 +28,29 @@ class ViTConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TinyViTConfig:
+    """MobileSAM's TinyViT image encoder: a conv stage, then windowed-attention stages.
+
+    Stage 0 is convolutional, so num_heads[0] and window_sizes[0] are unused (kept to mirror
+    the reference's arguments). Nothing learned depends on the image size: any S that is a
+    multiple of 16 runs with the same weights.
+    """
+
+    embed_dims: tuple[int, ...] = (64, 128, 160, 320)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (2, 4, 5, 10)
+    window_sizes: tuple[int, ...] = (7, 7, 14, 7)
+    mlp_ratio: float = 4.0
+    mbconv_expand_ratio: float = 4.0
+    local_conv_size: int = 3
+    out_chans: int = 256
+    # The reference's img_size argument; informational, as no weight depends on it.
+    pretrain_image_size: int = 1024
+    # Size of the (unused by SAM) ImageNet head stored in the checkpoints; 0 = no head.
+    num_classes: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
 class SamConfig:
     """A SAM model: image encoder + prompt encoder + two-way-transformer mask decoder."""
 
@@ -55,13 +78,14 @@ class SamConfig:
         return 4 * self.embed_size
 
 
-ENCODER_TYPES: dict[str, type] = {"vit": ViTConfig}
+ENCODER_TYPES: dict[str, type] = {"vit": ViTConfig, "tiny_vit": TinyViTConfig}
 MODEL_TYPES: dict[str, type] = {"sam": SamConfig}
 
 VARIANTS: dict[str, SamConfig] = {
     "sam_b": SamConfig(ViTConfig(768, 12, 12, (2, 5, 8, 11)), "sam_b"),
     "sam_l": SamConfig(ViTConfig(1024, 24, 16, (5, 11, 17, 23)), "sam_l"),
     "sam_h": SamConfig(ViTConfig(1280, 32, 16, (7, 15, 23, 31)), "sam_h"),
+    "mobile_sam": SamConfig(TinyViTConfig(), "mobile_sam"),
 }
 
 

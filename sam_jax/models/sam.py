@@ -10,13 +10,14 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sam_jax.config import SamConfig, ViTConfig
+from sam_jax.config import SamConfig, TinyViTConfig, ViTConfig
 from sam_jax.models.mask_decoder import MaskDecoder
 from sam_jax.models.prompt_encoder import PromptEncoder
+from sam_jax.models.tiny_vit import TinyViT
 from sam_jax.models.vit import ImageEncoderViT
 
 # Image-encoder module for each encoder config type (a variant table, not code paths).
-ENCODERS: dict[type, type[nn.Module]] = {ViTConfig: ImageEncoderViT}
+ENCODERS: dict[type, type[nn.Module]] = {ViTConfig: ImageEncoderViT, TinyViTConfig: TinyViT}
 
 
 def check_prompts(

@@ -1,0 +1,149 @@
+"""SAM 2's memory attention: the current frame's features attend to the memory bank.
+
+Memory layout (the sequence axis of `memory`, `memory_pos` and `memory_mask`):
+
+    [ frame-memory tokens: num_frames * h * w | object-pointer tokens: num_obj_ptr_tokens ]
+
+Each memory frame contributes its h * w spatial tokens in row-major order (the same grid as
+the current frame); each object pointer contributes 4 tokens of 64 channels (a 256-d pointer
+split in 4). Frame tokens get axial RoPE, every frame with the same positions (so a masked
+frame slot moves nothing); pointer tokens get none. The fixed-shape memory bank of the video
+tracker marks its empty slots False in `memory_mask`: those tokens then take no part at all,
+and the output equals the reference fed only the valid tokens.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sam_jax.models.layers import layer_norm
+from sam_jax.models.rope import apply_rope, apply_rope_to_keys, axial_rope_tables
+
+
+class RoPEAttention(nn.Module):
+    """Single-width attention with axial RoPE on q and on the first `num_k_rope` keys.
+
+    q (B, Nq, D) with Nq = h * w; k, v (B, Nk, D_kv); key_mask (B, Nk) bool or None
+    -> (B, Nq, D).
+    """
+
+    num_heads: int = 1
+    rope_theta: float = 10000.0
+
+    @nn.compact
+    def __call__(
+        self,
+        q: jnp.ndarray,
+        k: jnp.ndarray,
+        v: jnp.ndarray,
+        feat_hw: tuple[int, int],
+        num_k_rope: int,
+        key_mask: jnp.ndarray | None = None,
+    ) -> jnp.ndarray:
+        b, nq, d = q.shape
+        heads, hd = self.num_heads, d // self.num_heads
+        h, w = feat_hw
+        if h * w != nq:
+            raise ValueError(f"{nq} query tokens are not a {h}x{w} feature grid")
+        q = nn.Dense(d, name="q_proj")(q).reshape(b, nq, heads, hd).transpose(0, 2, 1, 3)
+        k = nn.Dense(d, name="k_proj")(k).reshape(b, -1, heads, hd).transpose(0, 2, 1, 3)
+        v = nn.Dense(d, name="v_proj")(v).reshape(b, -1, heads, hd).transpose(0, 2, 1, 3)
+
+        cos, sin = axial_rope_tables(h, w, hd, self.rope_theta)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope_to_keys(k, cos, sin, num_k_rope)
+
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(jnp.asarray(hd, q.dtype))
+        if key_mask is not None:
+            valid = key_mask[:, None, None, :]
+            logits = jnp.where(valid, logits, jnp.finfo(logits.dtype).min)
+            # exact zeros for masked keys; a row with no valid key attends to nothing
+            probs = jnp.where(valid, jax.nn.softmax(logits, axis=-1), 0)
+        else:
+            probs = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bhqk,bhkd->bqhd", probs, v).reshape(b, nq, d)
+        return nn.Dense(d, name="out_proj")(out)
+
+
+class MemoryAttentionLayer(nn.Module):
+    """Pre-norm layer: RoPE self-attention, RoPE cross-attention to memory, ReLU MLP.
+
+    Positional encodings follow the reference configuration: none on the self-attention
+    inputs (RoPE only), `memory_pos` added to the cross-attention keys only.
+    """
+
+    dim_feedforward: int = 2048
+
+    @nn.compact
+    def __call__(self, tgt, memory, memory_pos, feat_hw, num_obj_ptr_tokens, memory_mask=None):
+        x = layer_norm(name="norm1")(tgt)
+        hw = tgt.shape[1]
+        tgt = tgt + RoPEAttention(name="self_attn")(x, x, x, feat_hw, num_k_rope=hw)
+
+        x = layer_norm(name="norm2")(tgt)
+        num_k_rope = memory.shape[1] - num_obj_ptr_tokens
+        tgt = tgt + RoPEAttention(name="cross_attn_image")(
+            x, memory + memory_pos, memory, feat_hw, num_k_rope, memory_mask
+        )
+
+        x = layer_norm(name="norm3")(tgt)
+        x = nn.Dense(self.dim_feedforward, name="linear1")(x)
+        x = nn.Dense(tgt.shape[-1], name="linear2")(jax.nn.relu(x))
+        return tgt + x
+
+
+class MemoryAttention(nn.Module):
+    """Conditions the current frame's features on the memory bank (eval mode: no dropout).
+
+    Call:
+        curr (B, HW, d_model) current-frame features, HW = h * w row-major;
+        curr_pos (B, HW, d_model) their sine position encoding;
+        memory (B, M, 64), memory_pos (B, M, 64): frame tokens then object-pointer tokens,
+            M = num_frames * HW + num_obj_ptr_tokens (see the module docstring);
+        num_obj_ptr_tokens: static int, the pointer tokens (slots) at the end of memory;
+        memory_mask (B, M) bool or None: True marks a valid token; False tokens have no
+            influence whatever their values (NaN included);
+        feat_hw: static (h, w) of the feature grid (S/16, S/16).
+    Returns (B, HW, d_model).
+    """
+
+    d_model: int = 256
+    num_layers: int = 4
+    dim_feedforward: int = 2048
+    pos_enc_at_input: bool = True
+
+    @nn.compact
+    def __call__(
+        self,
+        curr: jnp.ndarray,
+        curr_pos: jnp.ndarray,
+        memory: jnp.ndarray,
+        memory_pos: jnp.ndarray,
+        num_obj_ptr_tokens: int,
+        memory_mask: jnp.ndarray | None = None,
+        feat_hw: tuple[int, int] = (64, 64),
+    ) -> jnp.ndarray:
+        if curr.shape[-1] != self.d_model:
+            raise ValueError(f"curr has {curr.shape[-1]} channels, d_model is {self.d_model}")
+        if curr.shape[0] != memory.shape[0]:
+            raise ValueError(f"batch sizes differ: curr {curr.shape}, memory {memory.shape}")
+        num_frame_tokens = memory.shape[1] - num_obj_ptr_tokens
+        hw = feat_hw[0] * feat_hw[1]
+        if num_obj_ptr_tokens < 0 or num_frame_tokens < 0 or num_frame_tokens % hw:
+            raise ValueError(
+                f"memory of {memory.shape[1]} tokens is not frames of {feat_hw[0]}x{feat_hw[1]} "
+                f"tokens followed by {num_obj_ptr_tokens} object-pointer tokens"
+            )
+        if memory_mask is not None:
+            valid = memory_mask[..., None]
+            memory = jnp.where(valid, memory, 0)
+            memory_pos = jnp.where(valid, memory_pos, 0)
+
+        x = curr + 0.1 * curr_pos if self.pos_enc_at_input else curr
+        for i in range(self.num_layers):
+            x = MemoryAttentionLayer(self.dim_feedforward, name=f"layers_{i}")(
+                x, memory, memory_pos, tuple(feat_hw), num_obj_ptr_tokens, memory_mask
+            )
+        return layer_norm(name="norm")(x)

@@ -1,0 +1,97 @@
+"""SAM 2's memory encoder: a frame's features fused with its predicted mask.
+
+Shapes (NHWC), for an image of size S and a feature grid (h, w) = (S/16, S/16):
+    pix_feat (B, h, w, 256)  the frame's top-level (stride 16) features;
+    masks    (B, 16h, 16w, 1) mask at image resolution (SAM 2's `pred_masks_high_res`,
+             S x S): logits, or already-scaled probabilities with skip_mask_sigmoid=True
+             (the tracker feeds sigmoid(logits) * 20 - 10, or binarised * 20 - 10);
+    -> features (B, h, w, 64), pos (B, h, w, 64) (sine encoding, no parameters).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sam_jax.models.layers import gelu, layer_norm
+from sam_jax.models.position_encoding import sine_position_encoding
+
+
+class MaskDownSampler(nn.Module):
+    """Four stride-2 3x3 convs (1 -> 4 -> 16 -> 64 -> 256 channels), each followed by
+    LayerNorm2d and GELU, then a 1x1 conv: (B, 16h, 16w, 1) -> (B, h, w, embed_dim).
+
+    Flax names follow the torch Sequential indices: encoder_0/1 (conv, norm), encoder_3/4,
+    encoder_6/7, encoder_9/10, encoder_12 (the GELUs hold the other indices).
+    """
+
+    embed_dim: int = 256
+    num_layers: int = 4
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        chans = 1
+        for i in range(self.num_layers):
+            chans *= 4
+            x = nn.Conv(chans, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                        name=f"encoder_{3 * i}")(x)  # fmt: skip
+            x = gelu(layer_norm(1e-6, name=f"encoder_{3 * i + 1}")(x))
+        return nn.Conv(self.embed_dim, (1, 1), name=f"encoder_{3 * self.num_layers}")(x)
+
+
+class CXBlock(nn.Module):
+    """ConvNeXt block: depthwise 7x7, LayerNorm, Dense 4x + GELU + Dense, layer scale
+    `gamma`, residual. (B, H, W, C) -> same."""
+
+    kernel_size: int = 7
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        c = x.shape[-1]
+        p = self.kernel_size // 2
+        y = nn.Conv(c, (self.kernel_size,) * 2, padding=((p, p), (p, p)), feature_group_count=c,
+                    name="dwconv")(x)  # fmt: skip
+        y = layer_norm(1e-6, name="norm")(y)
+        y = nn.Dense(c, name="pwconv2")(gelu(nn.Dense(4 * c, name="pwconv1")(y)))
+        gamma = self.param("gamma", nn.initializers.constant(1e-6), (c,), jnp.float32)
+        return x + gamma.astype(y.dtype) * y
+
+
+class Fuser(nn.Module):
+    """`num_layers` CXBlocks in sequence (named layers_0 ..)."""
+
+    num_layers: int = 2
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        for i in range(self.num_layers):
+            x = CXBlock(name=f"layers_{i}")(x)
+        return x
+
+
+class MemoryEncoder(nn.Module):
+    """Memory of one frame: pix_feat_proj(pix_feat) + mask_downsampler(mask), two CXBlocks,
+    out_proj to `out_dim`; see the module docstring for shapes."""
+
+    out_dim: int = 64
+
+    @nn.compact
+    def __call__(
+        self, pix_feat: jnp.ndarray, masks: jnp.ndarray, skip_mask_sigmoid: bool = False
+    ) -> tuple[jnp.ndarray, jnp.ndarray]:
+        b, h, w, c = pix_feat.shape
+        if masks.shape[1:] != (16 * h, 16 * w, 1):
+            raise ValueError(
+                f"masks {masks.shape} do not match features {pix_feat.shape}: "
+                f"expected (B, {16 * h}, {16 * w}, 1), the mask at 16x the feature grid"
+            )
+        if not skip_mask_sigmoid:
+            masks = jax.nn.sigmoid(masks)
+        m = MaskDownSampler(c, name="mask_downsampler")(masks.astype(pix_feat.dtype))
+        x = nn.Conv(c, (1, 1), name="pix_feat_proj")(pix_feat) + m
+        x = Fuser(name="fuser")(x)
+        if self.out_dim != c:
+            x = nn.Conv(self.out_dim, (1, 1), name="out_proj")(x)
+        pos = jnp.asarray(sine_position_encoding(h, w, x.shape[-1]), x.dtype)
+        return x, jnp.broadcast_to(pos, x.shape)
