@@ -78,8 +78,76 @@ class SamConfig:
         return 4 * self.embed_size
 
 
+@dataclasses.dataclass(frozen=True)
+class HieraConfig:
+    """SAM 2's Hiera trunk (sam2_* / sam2.1_*)."""
+
+    embed_dim: int = 96
+    num_heads: int = 1
+    stages: tuple[int, ...] = (1, 2, 7, 2)
+    global_att_blocks: tuple[int, ...] = (5, 7, 9)
+    window_spec: tuple[int, ...] = (8, 4, 14, 7)
+    # Grid of the learned background position table, resized bicubically to S/4.
+    window_pos_embed_bkg_spatial_size: tuple[int, int] = (7, 7)
+    q_pool: int = 3  # number of stage transitions that pool the queries
+    q_stride: int = 2
+    dim_mul: float = 2.0
+    head_mul: float = 2.0
+    mlp_ratio: float = 4.0
+
+    @property
+    def channel_list(self) -> tuple[int, ...]:
+        """Width of each stage's output, coarsest first (the FPN neck's order)."""
+        return tuple(int(self.embed_dim * self.dim_mul**i) for i in range(len(self.stages)))[::-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sam2Config:
+    """A SAM 2 / 2.1 model: Hiera + FPN image encoder, SAM 2 heads and the memory modules."""
+
+    encoder: Any = dataclasses.field(default_factory=HieraConfig)
+    name: str = "custom"
+    image_size: int = 1024  # any multiple of 32
+    # SAM 2.1 adds no_obj_embed_spatial and a projection of the pointers' temporal encoding,
+    # and signs the pointers' temporal distance.
+    sam2_1: bool = False
+    d_model: int = 256  # FPN width = prompt embedding width = memory attention width
+    fpn_top_down_levels: tuple[int, ...] = (2, 3)
+    scalp: int = 1  # coarsest FPN levels dropped
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    dynamic_multimask_stability_delta: float = 0.05
+    dynamic_multimask_stability_thresh: float = 0.98
+    mem_dim: int = 64
+    num_maskmem: int = 7
+    memory_attention_layers: int = 4
+    max_obj_ptrs_in_encoder: int = 16
+    sigmoid_scale_for_mem_enc: float = 20.0
+    sigmoid_bias_for_mem_enc: float = -10.0
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    # The official files hold {"model": state_dict}; convert/export.py writes them alike.
+    wraps_state_dict: bool = True
+
+    @property
+    def embed_size(self) -> int:
+        """Side of the image-embedding grid: the backbone stride is 16."""
+        return self.image_size // 16
+
+    @property
+    def mask_input_size(self) -> int:
+        return 4 * self.embed_size
+
+
 ENCODER_TYPES: dict[str, type] = {"vit": ViTConfig, "tiny_vit": TinyViTConfig}
+ENCODER_TYPES["hiera"] = HieraConfig
 MODEL_TYPES: dict[str, type] = {"sam": SamConfig}
+MODEL_TYPES["sam2"] = Sam2Config
 
 VARIANTS: dict[str, SamConfig] = {
     "sam_b": SamConfig(ViTConfig(768, 12, 12, (2, 5, 8, 11)), "sam_b"),
@@ -88,6 +156,18 @@ VARIANTS: dict[str, SamConfig] = {
     "mobile_sam": SamConfig(TinyViTConfig(), "mobile_sam"),
 }
 
+
+# SAM 2 and 2.1 share architectures; 2.1 only adds a few memory-side parameters.
+_HIERA = {
+    "t": HieraConfig(96, 1, (1, 2, 7, 2), (5, 7, 9), (8, 4, 14, 7), (7, 7)),
+    "s": HieraConfig(96, 1, (1, 2, 11, 2), (7, 10, 13), (8, 4, 14, 7), (7, 7)),
+    "b": HieraConfig(112, 2, (2, 3, 16, 3), (12, 16, 20), (8, 4, 14, 7), (14, 14)),
+    "l": HieraConfig(144, 2, (2, 6, 36, 4), (23, 33, 43), (8, 4, 16, 8), (7, 7)),
+}
+for _size, _hiera in _HIERA.items():
+    for _prefix, _is_2_1 in (("sam2", False), ("sam2.1", True)):
+        _name = f"{_prefix}_{_size}"
+        VARIANTS[_name] = Sam2Config(_hiera, _name, sam2_1=_is_2_1)
 
 def variant_config(name: str, image_size: int | None = None) -> SamConfig:
     """The config of a named variant, optionally at another square image size."""

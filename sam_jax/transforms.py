@@ -32,27 +32,13 @@ def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     f = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     lo = np.floor(f).astype(np.int64)
     f = (f - lo.astype(np.float32)).astype(np.float32)
-    left = lo < 0
-    f[left], lo[left] = 0.0, 0
-    right = lo >= src - 1
-    f[right], lo[right] = 0.0, src - 1
-    hi = np.minimum(lo + 1, src - 1)
+    # Outside the image the indices are clamped but the fractions kept (both taps may then
+    # read the same pixel, which still matters to the rounding below).
+    hi = np.clip(lo + 1, 0, src - 1)
+    lo = np.clip(lo, 0, src - 1)
     w1 = np.rint(f * np.float32(_COEF_SCALE)).astype(np.int64)
     w0 = np.rint((np.float32(1.0) - f) * np.float32(_COEF_SCALE)).astype(np.int64)
     return lo, hi, w0, w1
-
-
-def _simd_rows(width: int) -> np.ndarray:
-    """Which elements of a row OpenCV's vectorised vertical pass writes (the rest are scalar):
-    blocks of 16 while they fit, then blocks of 8 while strictly more than 8 remain."""
-    done = np.zeros(width, bool)
-    x = 0
-    while x <= width - 16:
-        x += 16
-    while x < width - 8:
-        x += 8
-    done[:x] = True
-    return done
 
 
 def resize_bilinear_u8(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
@@ -77,9 +63,7 @@ def resize_bilinear_u8(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
     # Vectorised path: 16-bit high products of (value >> 4) and the weight, then (x + 2) >> 2.
     fast = (((a >> 4) * b0) >> 16) + (((b >> 4) * b1) >> 16)
     fast = (fast + 2) >> 2
-    exact = (a * b0 + b * b1 + (1 << (2 * _COEF_BITS - 1))) >> (2 * _COEF_BITS)
-    out = np.where(_simd_rows(new_w * c)[None, :], fast, exact)
-    return np.clip(out, 0, 255).astype(np.uint8).reshape(new_h, new_w, c)
+    return np.clip(fast, 0, 255).astype(np.uint8).reshape(new_h, new_w, c)
 
 
 def letterbox(image: np.ndarray, size: int, pad_value: int = PAD_VALUE) -> np.ndarray:

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 from reference import build_reference_sam, build_reference_vit, nchw, randomize_, rel_err, to_nchw
+from sam_jax.convert.keymap import state_dict_to_variables
+from sam_jax.convert.torch_reader import read_state_dict
 
 import sam_jax
 from sam_jax.checkpoint import build_from_config, variable_shapes
 from sam_jax.config import SamConfig, ViTConfig
-from sam_jax.convert.keymap import state_dict_to_variables
-from sam_jax.convert.torch_reader import read_state_dict
 
 # Reduced encoder: 2 windowed + 2 global blocks, tables stored for 256 px (16x16 grid).
 SMALL_VIT = ViTConfig(64, 4, 2, (1, 3), pretrain_image_size=256)
@@ -46,7 +46,14 @@ def _prompts(s: int, b: int = 2) -> dict:
     }
 
 
-PROMPT_SETS = [("points",), ("boxes",), ("points", "boxes"), ("masks",), ("points", "boxes", "masks"), ()]
+PROMPT_SETS = [
+    ("points",),
+    ("boxes",),
+    ("points", "boxes"),
+    ("masks",),
+    ("points", "boxes", "masks"),
+    (),
+]
 
 
 def _reference_decode(ref, emb_t, kinds, p, multimask):
@@ -82,9 +89,7 @@ def test_prompt_encoder_and_decoder(small_pair, kinds, multimask):
     p = _prompts(s, b=1 if not kinds else 2)
     b = 1 if not kinds else 2
     emb = np.random.RandomState(1).randn(b, s // 16, s // 16, 256).astype(np.float32)
-    sparse_r, dense_r, logits_r, iou_r = _reference_decode(
-        ref, to_nchw(emb), kinds, p, multimask
-    )
+    sparse_r, dense_r, logits_r, iou_r = _reference_decode(ref, to_nchw(emb), kinds, p, multimask)
     prompts = {
         "point_coords": p["points"][0] if "points" in kinds else None,
         "point_labels": p["points"][1] if "points" in kinds else None,
@@ -94,7 +99,10 @@ def test_prompt_encoder_and_decoder(small_pair, kinds, multimask):
     pe_module = model.bind(variables).prompt_encoder
     sparse, dense = pe_module(b, *prompts.values())
     assert rel_err(sparse, sparse_r.numpy()) <= 1e-5
-    assert rel_err(np.broadcast_to(dense, (b, *dense.shape[1:])), nchw(dense_r.expand(b, -1, -1, -1))) <= 1e-5
+    assert (
+        rel_err(np.broadcast_to(dense, (b, *dense.shape[1:])), nchw(dense_r.expand(b, -1, -1, -1)))
+        <= 1e-5
+    )
     assert rel_err(pe_module.dense_pe()[None], nchw(ref.prompt_encoder.get_dense_pe())) <= 1e-5
 
     logits, iou = model.apply(
@@ -111,7 +119,9 @@ def test_end_to_end_call(small_pair):
     ref, model, variables, s = small_pair
     x = np.random.RandomState(2).randn(1, s, s, 3).astype(np.float32)
     p = _prompts(s, b=1)
-    logits, iou = model.apply(variables, x, point_coords=p["points"][0], point_labels=p["points"][1])
+    logits, iou = model.apply(
+        variables, x, point_coords=p["points"][0], point_labels=p["points"][1]
+    )
     with torch.no_grad():
         emb = ref.image_encoder(to_nchw(x))
     _, _, logits_r, iou_r = _reference_decode(ref, emb, ("points",), p, True)
@@ -152,7 +162,11 @@ def test_full_size_sam_b(tmp_path):
     err_feat = rel_err(emb, nchw(emb_r))
     p = _prompts(1024, b=1)
     logits, iou = model.apply(
-        variables, emb, point_coords=p["points"][0], point_labels=p["points"][1], method="predict_masks"
+        variables,
+        emb,
+        point_coords=p["points"][0],
+        point_labels=p["points"][1],
+        method="predict_masks",
     )
     _, _, logits_r, iou_r = _reference_decode(ref, emb_r, ("points",), p, True)
     err_logits = rel_err(logits, logits_r.numpy())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from sam_jax.models.layers import Table, gelu, layer_norm
@@ -17,16 +18,16 @@ class PositionEmbeddingRandom(nn.Module):
     num_pos_feats: int = 128
 
     def setup(self) -> None:
-        self.positional_encoding_gaussian_matrix = self.param(
+        # A fixed random projection, not trained: kept out of 'params' like torch's buffer.
+        self.gaussian = self.variable(
+            "buffers",
             "positional_encoding_gaussian_matrix",
-            nn.initializers.normal(1.0),
-            (2, self.num_pos_feats),
-            jnp.float32,
+            lambda: jax.random.normal(self.make_rng("params"), (2, self.num_pos_feats)),
         )
 
     def encode(self, coords: jnp.ndarray) -> jnp.ndarray:
         """(..., 2) coordinates in [0, 1] -> (..., 2 * num_pos_feats)."""
-        proj = (2.0 * coords - 1.0) @ self.positional_encoding_gaussian_matrix.astype(coords.dtype)
+        proj = (2.0 * coords - 1.0) @ self.gaussian.value.astype(coords.dtype)
         proj = 2.0 * math.pi * proj
         return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
 

@@ -24,9 +24,9 @@ def axial_rope_tables(
     """
     if dim % 4:
         raise ValueError(f"RoPE needs a head width divisible by 4, got {dim}")
-    freqs = (1.0 / (np.float32(theta) ** (np.arange(0, dim, 4, dtype=np.float32) / dim))).astype(
-        np.float32
-    )
+    exponents = np.arange(0, dim, 4, dtype=np.float32) / np.float32(dim)
+    powers = (np.float64(theta) ** exponents.astype(np.float64)).astype(np.float32)
+    freqs = np.float32(1) / powers  # float32 steps, correctly rounded: the reference's bits
     idx = np.arange(h * w)
     col = (idx % w).astype(np.float32)
     row = (idx // w).astype(np.float32)

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam_jax.models.layers import MLPBlock, layer_norm
+from sam_jax.models.layers import MLP, MLPBlock, layer_norm
 
 
 class Attention(nn.Module):
@@ -39,6 +39,8 @@ class TwoWayAttentionBlock(nn.Module):
     mlp_dim: int
     downsample_rate: int = 2
     skip_first_layer_pe: bool = False
+    # SAM 2 names the (identical) token MLP's layers layers_0/layers_1 instead of lin1/lin2.
+    sam2_mlp_names: bool = False
 
     @nn.compact
     def __call__(self, queries, keys, query_pe, key_pe):
@@ -55,7 +57,11 @@ class TwoWayAttentionBlock(nn.Module):
         queries = queries + t2i(queries + query_pe, keys + key_pe, keys)
         queries = layer_norm(name="norm2")(queries)
 
-        queries = queries + MLPBlock(self.mlp_dim, "relu", name="mlp")(queries)
+        if self.sam2_mlp_names:
+            mlp = MLP(self.mlp_dim, queries.shape[-1], 2, name="mlp")
+        else:
+            mlp = MLPBlock(self.mlp_dim, "relu", name="mlp")
+        queries = queries + mlp(queries)
         queries = layer_norm(name="norm3")(queries)
 
         i2t = Attention(self.num_heads, self.downsample_rate, name="cross_attn_image_to_token")
@@ -72,6 +78,7 @@ class TwoWayTransformer(nn.Module):
     num_heads: int
     mlp_dim: int
     downsample_rate: int = 2
+    sam2_mlp_names: bool = False  # see TwoWayAttentionBlock
 
     @nn.compact
     def __call__(self, image, image_pe, tokens):
@@ -85,6 +92,7 @@ class TwoWayTransformer(nn.Module):
                 self.mlp_dim,
                 self.downsample_rate,
                 skip_first_layer_pe=i == 0,
+                sam2_mlp_names=self.sam2_mlp_names,
                 name=f"layers_{i}",
             )(queries, keys, tokens, key_pe)
         final = Attention(self.num_heads, self.downsample_rate, name="final_attn_token_to_image")

@@ -1,0 +1,179 @@
+"""SAM 2's Hiera trunk: a hierarchical ViT with windowed attention and query pooling.
+
+Images (B, S, S, 3) -> four feature maps, finest first:
+(B, S/4, S/4, C), (B, S/8, S/8, 2C), (B, S/16, S/16, 4C), (B, S/32, S/32, 8C).
+
+Every stage after the first starts with a block that max-pools its queries 2x2 (halving the
+grid) and doubles width and heads; that block still attends inside the previous stage's
+windows, which pooling shrinks to the new window size. Windows are folded into the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sam_jax.config import HieraConfig
+from sam_jax.models.interpolate import bicubic_weights
+from sam_jax.models.layers import gelu, layer_norm
+from sam_jax.models.vit import window_partition, window_unpartition
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """Static layout of one Hiera block."""
+
+    dim: int
+    dim_out: int
+    num_heads: int
+    window_size: int  # 0 = global attention
+    pool: bool  # max-pool the queries (first block of stages 2..q_pool+1)
+
+
+def block_specs(cfg: HieraConfig) -> list[BlockSpec]:
+    """The per-block layout the reference derives from the stage table."""
+    stage_ends = [sum(cfg.stages[: i + 1]) - 1 for i in range(len(cfg.stages))]
+    pool_blocks = {end + 1 for end in stage_ends[:-1][: cfg.q_pool]}
+    dim, heads, stage = cfg.embed_dim, cfg.num_heads, 0
+    specs = []
+    for i in range(sum(cfg.stages)):
+        # The window is read before the stage counter moves, so a stage's first block
+        # keeps the previous stage's window (pooling then shrinks it to this stage's size).
+        window = 0 if i in cfg.global_att_blocks else cfg.window_spec[stage]
+        dim_out = dim
+        if i - 1 in stage_ends:
+            dim_out = int(dim * cfg.dim_mul)
+            heads = int(heads * cfg.head_mul)
+            stage += 1
+        specs.append(BlockSpec(dim, dim_out, heads, window, i in pool_blocks))
+        dim = dim_out
+    return specs
+
+
+def stage_ends(cfg: HieraConfig) -> list[int]:
+    return [sum(cfg.stages[: i + 1]) - 1 for i in range(len(cfg.stages))]
+
+
+def max_pool(x: jnp.ndarray, stride: int) -> jnp.ndarray:
+    """(N, H, W, ...) -> (N, H//s, W//s, ...): non-overlapping max pool, odd edges dropped."""
+    n, h, w = x.shape[:3]
+    ho, wo = h // stride, w // stride
+    x = x[:, : ho * stride, : wo * stride]
+    x = x.reshape(n, ho, stride, wo, stride, *x.shape[3:])
+    return x.max(axis=(2, 4))
+
+
+class MultiScaleAttention(nn.Module):
+    """Self-attention whose queries may be pooled: (N, H, W, C_in) -> (N, H', W', dim_out)."""
+
+    dim_out: int
+    num_heads: int
+    q_stride: int = 0  # 0: no pooling
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        n, h, w, _ = x.shape
+        heads, hd = self.num_heads, self.dim_out // self.num_heads
+        qkv = nn.Dense(3 * self.dim_out, name="qkv")(x).reshape(n, h, w, 3, heads, hd)
+        q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+        if self.q_stride:
+            q = max_pool(q, self.q_stride)  # per channel, so heads can stay split
+            h, w = q.shape[1:3]
+        q = q.reshape(n, h * w, heads, hd)
+        k = k.reshape(n, -1, heads, hd)
+        v = v.reshape(n, -1, heads, hd)
+        logits = jnp.einsum("nqxd,nkxd->nxqk", q, k) * hd**-0.5
+        out = jnp.einsum("nxqk,nkxd->nqxd", jax.nn.softmax(logits, axis=-1), v)
+        return nn.Dense(self.dim_out, name="proj")(out.reshape(n, h, w, self.dim_out))
+
+
+class HieraMLP(nn.Module):
+    """Two Dense layers with exact GELU between them (torch names layers.0 / layers.1)."""
+
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        h = gelu(nn.Dense(self.hidden_dim, name="layers_0")(x))
+        return nn.Dense(x.shape[-1], name="layers_1")(h)
+
+
+class MultiScaleBlock(nn.Module):
+    """Pre-norm block: (B, H, W, dim) -> (B, H', W', dim_out); H' = H/2 when pooling."""
+
+    spec: BlockSpec
+    q_stride: int = 2
+    mlp_ratio: float = 4.0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        s = self.spec
+        stride = self.q_stride if s.pool else 0
+        shortcut = x
+        x = layer_norm(1e-6, name="norm1")(x)
+        if s.dim != s.dim_out:
+            # The residual path is projected from the *normalised* input, as in the reference.
+            shortcut = nn.Dense(s.dim_out, name="proj")(x)
+            if stride:
+                shortcut = max_pool(shortcut, stride)
+        hw = shortcut.shape[1:3]
+        if s.window_size:
+            x = window_partition(x, s.window_size)
+        x = MultiScaleAttention(s.dim_out, s.num_heads, stride, name="attn")(x)
+        if s.window_size:
+            # Pooling shrank each window; the windows still tile the (pooled) padded grid.
+            x = window_unpartition(x, s.window_size // (stride or 1), hw)
+        x = shortcut + x
+        y = layer_norm(1e-6, name="norm2")(x)
+        return x + HieraMLP(int(s.dim_out * self.mlp_ratio), name="mlp")(y)
+
+
+class PatchEmbed(nn.Module):
+    """7x7 stride-4 convolution with padding 3: (B, S, S, 3) -> (B, S/4, S/4, C)."""
+
+    embed_dim: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        conv = nn.Conv(self.embed_dim, (7, 7), strides=(4, 4), padding=((3, 3), (3, 3)), name="proj")
+        return conv(x)
+
+
+class Hiera(nn.Module):
+    """The trunk. Parameters mirror torch `trunk.*` (pos_embed tables keep torch's NCHW)."""
+
+    config: HieraConfig
+    remat: bool = False
+
+    def position_embedding(self, h: int, w: int) -> jnp.ndarray:
+        """(h, w, C): the background table resized bicubically plus the tiled window table."""
+        cfg = self.config
+        c = cfg.embed_dim
+        bh, bw = cfg.window_pos_embed_bkg_spatial_size
+        ws = cfg.window_spec[0]
+        zeros = nn.initializers.zeros
+        bkg = self.param("pos_embed", zeros, (1, c, bh, bw), jnp.float32)[0]
+        win = self.param("pos_embed_window", zeros, (1, c, ws, ws), jnp.float32)[0]
+        if h % ws or w % ws:
+            raise ValueError(f"Hiera needs the S/4 grid ({h}x{w}) to be a multiple of {ws}")
+        bkg = jnp.einsum(
+            "oh,pw,chw->opc", bicubic_weights(bh, h), bicubic_weights(bw, w), bkg
+        )  # the resize matrices are static numpy, built once per trace
+        return bkg + jnp.tile(win.transpose(1, 2, 0), (h // ws, w // ws, 1))
+
+    @nn.compact
+    def __call__(self, images: jnp.ndarray) -> list[jnp.ndarray]:
+        cfg = self.config
+        x = PatchEmbed(cfg.embed_dim, name="patch_embed")(images)
+        x = x + self.position_embedding(*x.shape[1:3]).astype(x.dtype)
+        block_cls = nn.remat(MultiScaleBlock) if self.remat else MultiScaleBlock
+        ends = set(stage_ends(cfg))
+        outputs = []
+        for i, spec in enumerate(block_specs(cfg)):
+            x = block_cls(spec, cfg.q_stride, cfg.mlp_ratio, name=f"blocks_{i}")(x)
+            if i in ends:
+                outputs.append(x)
+        return outputs
