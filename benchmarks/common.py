@@ -1,0 +1,37 @@
+"""Timing helpers shared by the benchmarks: same weights, same inputs, same run."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+
+
+def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of fn() in seconds; JAX results are waited for."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def compile_time(jitted, *args, **kwargs) -> float:
+    """Seconds to trace and compile `jitted` for these arguments."""
+    t0 = time.perf_counter()
+    jitted.lower(*args, **kwargs).compile()
+    return time.perf_counter() - t0
+
+
+def report(name: str, jax_s: float, torch_s: float, compile_s: float | None = None) -> None:
+    extra = f"  (jit compile {compile_s:.1f} s)" if compile_s is not None else ""
+    print(
+        f"{name:<40} jax {jax_s * 1e3:9.1f} ms   torch {torch_s * 1e3:9.1f} ms   "
+        f"speed-up x{torch_s / jax_s:5.2f}{extra}",
+        flush=True,
+    )
