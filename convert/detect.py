@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from sam_jax.config import VARIANTS, TinyViTConfig, ViTConfig
+from sam_jax.config import VARIANTS, HieraConfig, TinyViTConfig, ViTConfig
 
 _TINY_VIT_BLOCK = re.compile(r"image_encoder\.layers\.(\d+)\.blocks\.(\d+)\.")
 
@@ -51,15 +51,36 @@ def _tiny_vit_signature(sd: Mapping) -> dict | None:
     return {"type": TinyViTConfig, "embed_dims": tuple(dims), "depths": depths}
 
 
+def _hiera_signature(sd: Mapping) -> dict | None:
+    """SAM 2 Hiera: width and blocks per stage (a stage's first block projects its input
+    to the doubled width); 2.0 vs 2.1 from the parameters only 2.1 has."""
+    w = sd.get("image_encoder.trunk.patch_embed.proj.weight")
+    if w is None:
+        return None
+    depth = _count(sd, "image_encoder.trunk.blocks", "norm1.weight")
+    starts = [i for i in range(depth) if f"image_encoder.trunk.blocks.{i}.proj.weight" in sd]
+    bounds = [0, *starts, depth]
+    sam2_1 = "no_obj_embed_spatial" in sd or "obj_ptr_tpos_proj.weight" in sd
+    return {
+        "type": HieraConfig,
+        "embed_dim": int(np.shape(w)[0]),
+        "stages": tuple(bounds[i + 1] - bounds[i] for i in range(len(bounds) - 1)),
+        "model": {"sam2_1": sam2_1},
+    }
+
+
 def _matches(cfg, sig: dict) -> bool:
     enc = cfg.encoder
-    return type(enc) is sig["type"] and all(
-        getattr(enc, k) == v for k, v in sig.items() if k != "type"
+    # sig["model"] (optional) holds model-level fields; the other keys are encoder fields.
+    return (
+        type(enc) is sig["type"]
+        and all(getattr(enc, k) == v for k, v in sig.items() if k not in ("type", "model"))
+        and all(getattr(cfg, k, None) == v for k, v in sig.get("model", {}).items())
     )
 
 
 # Each reads the encoder family's signature off a state_dict, or None if it is not that family.
-SIGNATURES = (_vit_signature, _tiny_vit_signature)
+SIGNATURES = (_vit_signature, _tiny_vit_signature, _hiera_signature)
 
 
 def detect_variant(state_dict: Mapping) -> str:

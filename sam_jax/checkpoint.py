@@ -17,14 +17,15 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from sam_jax.config import SamConfig, config_from_json, config_to_json, variant_config
+from sam_jax.config import Sam2Config, SamConfig, config_from_json, config_to_json, variant_config
 from sam_jax.convert.detect import detect_variant
 from sam_jax.convert.keymap import state_dict_to_variables
 from sam_jax.convert.torch_reader import read_state_dict
 from sam_jax.models.sam import Sam
+from sam_jax.models.sam2 import Sam2
 
 # Top-level module for each model config type.
-MODELS: dict[type, type[nn.Module]] = {SamConfig: Sam}
+MODELS: dict[type, type[nn.Module]] = {SamConfig: Sam, Sam2Config: Sam2}
 
 FORMAT = "sam_jax"
 TORCH_SUFFIXES = (".pt", ".pth")

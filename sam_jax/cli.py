@@ -40,6 +40,15 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_convert,)
 
 
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    from sam_jax.cli_segment import add_parser  # `sam-jax segment`, see that module
+
+    add_parser(sub)
+
+
+COMMANDS += (_add_segment,)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sam-jax", description="Segment Anything in JAX.")
     sub = parser.add_subparsers(title="sub-commands", metavar="COMMAND")

@@ -153,6 +153,16 @@ VARIANTS: dict[str, SamConfig] = {
     "sam_b": SamConfig(ViTConfig(768, 12, 12, (2, 5, 8, 11)), "sam_b"),
     "sam_l": SamConfig(ViTConfig(1024, 24, 16, (5, 11, 17, 23)), "sam_l"),
     "sam_h": SamConfig(ViTConfig(1280, 32, 16, (7, 15, 23, 31)), "sam_h"),
+    # Small model trained here on synthetic shapes (sam_jax/train/recipes.py), bundled.
+    "sam_tiny_shapes": SamConfig(
+        ViTConfig(128, 4, 4, (1, 3), window_size=8, out_chans=128, pretrain_image_size=256),
+        "sam_tiny_shapes",
+        image_size=256,
+        prompt_embed_dim=128,
+        decoder_mlp_dim=512,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=128,
+    ),
     "mobile_sam": SamConfig(TinyViTConfig(), "mobile_sam"),
 }
 
@@ -168,6 +178,8 @@ for _size, _hiera in _HIERA.items():
     for _prefix, _is_2_1 in (("sam2", False), ("sam2.1", True)):
         _name = f"{_prefix}_{_size}"
         VARIANTS[_name] = Sam2Config(_hiera, _name, sam2_1=_is_2_1)
+del _size, _hiera, _prefix, _is_2_1, _name
+
 
 def variant_config(name: str, image_size: int | None = None) -> SamConfig:
     """The config of a named variant, optionally at another square image size."""

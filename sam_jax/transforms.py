@@ -5,8 +5,8 @@ scaled by r = min(S / H, S / W) to (round(H r), round(W r)), placed at the top-l
 S x S canvas filled with 114, and resized with OpenCV's 8-bit bilinear arithmetic (11-bit
 fixed-point weights, a 2x2 box filter for exact 2x reductions), written here without OpenCV.
 
-Masks go back the other way with `unletterbox_weights`: the part of the low-resolution mask
-that covers the image is resampled bilinearly to the original size (half-pixel centres).
+`linear_taps` gives the index/weight form of a half-pixel bilinear resize, which the
+predictor uses to map masks back to the original image.
 """
 
 from __future__ import annotations
@@ -73,40 +73,6 @@ def letterbox(image: np.ndarray, size: int, pad_value: int = PAD_VALUE) -> np.nd
     out = np.full((size, size, c), pad_value, np.uint8)
     out[:nh, :nw] = resize_bilinear_u8(image, nh, nw)
     return out
-
-
-def unletterbox_weights(
-    height: int, width: int, size: int, mask_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear weights (height, mask_size) and (width, mask_size) taking a (mask_size,
-    mask_size) map over the letterboxed square back to the (height, width) original.
-
-    The image covers round(n r) of the S input pixels along each side, that is
-    round(n r) * mask_size / S mask pixels; output pixel i samples the mask at
-    (i + 0.5) * span / n - 0.5. When the span is a whole number of pixels the samples are
-    clamped inside it (a crop then a resize); otherwise inside the whole map (border mode).
-    """
-    r, nh, nw = letterbox_geometry(height, width, size)
-    return (
-        _span_weights(height, nh * mask_size / size, mask_size),
-        _span_weights(width, nw * mask_size / size, mask_size),
-    )
-
-
-def _span_weights(n: int, span: float, mask_size: int) -> np.ndarray:
-    whole = abs(span - round(span)) <= 1e-3 and round(span) >= 1
-    last = (max(round(span), 1) if whole else mask_size) - 1
-    if whole and round(span) == n:
-        return np.eye(n, mask_size, dtype=np.float32)
-    pos = (np.arange(n, dtype=np.float64) + 0.5) * (round(span) if whole else span) / n - 0.5
-    pos = np.clip(pos, 0.0, last)
-    lo = np.floor(pos).astype(np.int64)
-    frac = (pos - lo).astype(np.float32)
-    hi = np.minimum(lo + 1, last)
-    w = np.zeros((n, mask_size), np.float32)
-    np.add.at(w, (np.arange(n), lo), 1.0 - frac)
-    np.add.at(w, (np.arange(n), hi), frac)
-    return w
 
 
 def linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -33,10 +33,15 @@ class BlockSpec:
     pool: bool  # max-pool the queries (first block of stages 2..q_pool+1)
 
 
+def stage_ends(cfg: HieraConfig) -> list[int]:
+    """Index of the last block of each stage."""
+    return [sum(cfg.stages[: i + 1]) - 1 for i in range(len(cfg.stages))]
+
+
 def block_specs(cfg: HieraConfig) -> list[BlockSpec]:
     """The per-block layout the reference derives from the stage table."""
-    stage_ends = [sum(cfg.stages[: i + 1]) - 1 for i in range(len(cfg.stages))]
-    pool_blocks = {end + 1 for end in stage_ends[:-1][: cfg.q_pool]}
+    ends = stage_ends(cfg)
+    pool_blocks = {end + 1 for end in ends[:-1][: cfg.q_pool]}
     dim, heads, stage = cfg.embed_dim, cfg.num_heads, 0
     specs = []
     for i in range(sum(cfg.stages)):
@@ -44,17 +49,13 @@ def block_specs(cfg: HieraConfig) -> list[BlockSpec]:
         # keeps the previous stage's window (pooling then shrinks it to this stage's size).
         window = 0 if i in cfg.global_att_blocks else cfg.window_spec[stage]
         dim_out = dim
-        if i - 1 in stage_ends:
+        if i - 1 in ends:
             dim_out = int(dim * cfg.dim_mul)
             heads = int(heads * cfg.head_mul)
             stage += 1
         specs.append(BlockSpec(dim, dim_out, heads, window, i in pool_blocks))
         dim = dim_out
     return specs
-
-
-def stage_ends(cfg: HieraConfig) -> list[int]:
-    return [sum(cfg.stages[: i + 1]) - 1 for i in range(len(cfg.stages))]
 
 
 def max_pool(x: jnp.ndarray, stride: int) -> jnp.ndarray:
@@ -138,7 +139,9 @@ class PatchEmbed(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        conv = nn.Conv(self.embed_dim, (7, 7), strides=(4, 4), padding=((3, 3), (3, 3)), name="proj")
+        conv = nn.Conv(
+            self.embed_dim, (7, 7), strides=(4, 4), padding=((3, 3), (3, 3)), name="proj"
+        )
         return conv(x)
 
 

@@ -51,9 +51,7 @@ class Sam2MaskDecoder(nn.Module):
         # Projections of the two finest FPN levels, run once per image by the encoder.
         self.conv_s0 = nn.Conv(d // 8, (1, 1))
         self.conv_s1 = nn.Conv(d // 4, (1, 1))
-        self.output_hypernetworks_mlps = [
-            MLP(d, d // 8, 3) for _ in range(self.num_mask_tokens)
-        ]
+        self.output_hypernetworks_mlps = [MLP(d, d // 8, 3) for _ in range(self.num_mask_tokens)]
         self.iou_prediction_head = MLP(
             self.iou_head_hidden_dim,
             self.num_mask_tokens,

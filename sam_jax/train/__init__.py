@@ -1,0 +1,1 @@
+"""Fine-tuning: losses, click simulation, jit train steps, sharding, synthetic data, recipes."""

@@ -1,0 +1,77 @@
+"""Interactive click simulation, as SAM was trained.
+
+The first prompt comes from the ground truth: a foreground point, or the object's box
+jittered by noise. Each further click is drawn from the error region of the current
+prediction: positive if it lands on a missed pixel, negative on a false-positive one.
+Everything is jit-able with static shapes: points are sampled with Gumbel-max over a mask.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def sample_pixel(key: jax.Array, mask: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """A uniformly random True pixel of each (B, h, w) mask -> its (x, y) index (B, 2) as
+    float (the prompt encoder adds the half-pixel itself), and whether any pixel was True (B,)."""
+    b, h, w = mask.shape
+    g = jax.random.gumbel(key, (b, h * w))
+    score = jnp.where(mask.reshape(b, -1), g, -jnp.inf)
+    idx = jnp.argmax(score, axis=1)
+    xy = jnp.stack([idx % w, idx // w], axis=1).astype(jnp.float32)
+    return xy, mask.reshape(b, -1).any(axis=1)
+
+
+def mask_box(mask: jnp.ndarray) -> jnp.ndarray:
+    """Tight xyxy box (B, 4) in pixel edges of each (B, h, w) mask."""
+    ys = jnp.any(mask, axis=2)
+    xs = jnp.any(mask, axis=1)
+    h, w = mask.shape[1:]
+    ar_y, ar_x = jnp.arange(h), jnp.arange(w)
+    y0 = jnp.min(jnp.where(ys, ar_y, h), axis=1)
+    y1 = jnp.max(jnp.where(ys, ar_y, -1), axis=1) + 1
+    x0 = jnp.min(jnp.where(xs, ar_x, w), axis=1)
+    x1 = jnp.max(jnp.where(xs, ar_x, -1), axis=1) + 1
+    return jnp.stack([x0, y0, x1, y1], axis=1).astype(jnp.float32)
+
+
+def noisy_box(key: jax.Array, mask: jnp.ndarray, noise: float = 0.1, max_px: float = 20.0):
+    """The mask's box with each corner moved by N(0, noise * side), capped at max_px."""
+    box = mask_box(mask)
+    side = jnp.stack([box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]] * 2, axis=1)
+    jitter = jnp.clip(jax.random.normal(key, box.shape) * noise * side, -max_px, max_px)
+    h, w = mask.shape[1:]
+    return jnp.clip(box + jitter, 0, jnp.array([w, h, w, h], jnp.float32))
+
+
+def first_prompt(key: jax.Array, target: jnp.ndarray, box_prob: float = 0.5):
+    """Initial prompt from the ground truth (B, h, w) bool.
+
+    Returns point_coords (B, 2, 2), point_labels (B, 2): a positive click then either two
+    box-corner points (labels 2, 3) or a padding point (-1), so one static shape serves both.
+    """
+    k1, k2, k3 = jax.random.split(key, 3)
+    point, _ = sample_pixel(k1, target)
+    box = noisy_box(k2, target)
+    use_box = jax.random.bernoulli(k3, box_prob, (target.shape[0],))
+    coords = jnp.where(
+        use_box[:, None, None], box.reshape(-1, 2, 2), jnp.stack([point, jnp.zeros_like(point)], 1)
+    )
+    labels = jnp.where(use_box[:, None], jnp.array([2, 3]), jnp.array([1, -1]))
+    return coords, labels.astype(jnp.int32)
+
+
+def corrective_click(key: jax.Array, logits: jnp.ndarray, target: jnp.ndarray):
+    """A click in the error region of logits (B, h, w) vs target (B, h, w) bool.
+
+    Returns coords (B, 1, 2) and labels (B, 1): 1 on a missed pixel, 0 on a false positive,
+    -1 (padding) when the prediction is already exact.
+    """
+    pred = logits > 0
+    error = pred != target
+    xy, any_error = sample_pixel(key, error)
+    b = target.shape[0]
+    positive = target[jnp.arange(b), xy[:, 1].astype(jnp.int32), xy[:, 0].astype(jnp.int32)]
+    labels = jnp.where(any_error, positive.astype(jnp.int32), -1)
+    return xy[:, None], labels[:, None]

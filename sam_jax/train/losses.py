@@ -1,0 +1,70 @@
+"""Losses of the SAM papers, on mask logits.
+
+Masks are compared at the logits' resolution: ground truth (B, h, w) in {0, 1}, logits
+(B, M, h, w). With several candidate masks only the best one (lowest loss) is trained, so
+the others stay free to cover other plausible objects (SAM's multimask rule).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def focal_loss(logits: jnp.ndarray, target: jnp.ndarray, alpha: float = 0.25, gamma: float = 2.0):
+    """Mean sigmoid focal loss over the last two axes: (..., h, w) -> (...)."""
+    p = jax.nn.sigmoid(logits)
+    ce = optax.sigmoid_binary_cross_entropy(logits, target)
+    p_t = p * target + (1 - p) * (1 - target)
+    a_t = alpha * target + (1 - alpha) * (1 - target)
+    return jnp.mean(a_t * ce * (1 - p_t) ** gamma, axis=(-2, -1))
+
+
+def dice_loss(logits: jnp.ndarray, target: jnp.ndarray, eps: float = 1.0):
+    """1 - soft Dice over the last two axes: (..., h, w) -> (...)."""
+    p = jax.nn.sigmoid(logits)
+    inter = jnp.sum(p * target, axis=(-2, -1))
+    total = jnp.sum(p, axis=(-2, -1)) + jnp.sum(target, axis=(-2, -1))
+    return 1.0 - (2.0 * inter + eps) / (total + eps)
+
+
+def mask_iou(logits: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+    """IoU of (logits > 0) with the target over the last two axes."""
+    pred = logits > 0
+    tgt = target > 0.5
+    inter = jnp.sum(pred & tgt, axis=(-2, -1))
+    union = jnp.sum(pred | tgt, axis=(-2, -1))
+    return jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
+
+
+def sam_loss(
+    logits: jnp.ndarray,
+    iou_pred: jnp.ndarray,
+    target: jnp.ndarray,
+    focal_weight: float = 20.0,
+    dice_weight: float = 1.0,
+    iou_weight: float = 1.0,
+) -> tuple[jnp.ndarray, dict]:
+    """SAM's loss for logits (B, M, h, w), predicted IoU (B, M), target (B, h, w).
+
+    focal:dice = 20:1 on the best of the M masks, plus MSE between the predicted IoU and the
+    actual IoU of every mask (the IoU head must rank all candidates).
+    Returns (scalar loss, metrics dict).
+    """
+    t = jnp.broadcast_to(target[:, None].astype(logits.dtype), logits.shape)
+    per_mask = focal_weight * focal_loss(logits, t) + dice_weight * dice_loss(logits, t)
+    best = jnp.argmin(per_mask, axis=1)
+    mask_loss = jnp.take_along_axis(per_mask, best[:, None], axis=1)[:, 0]
+    actual_iou = jax.lax.stop_gradient(mask_iou(logits, t))
+    iou_loss = jnp.mean((iou_pred - actual_iou) ** 2, axis=1)
+    loss = jnp.mean(mask_loss + iou_weight * iou_loss)
+    best_iou = jnp.take_along_axis(actual_iou, best[:, None], axis=1)[:, 0]
+    return loss, {"loss": loss, "iou": jnp.mean(best_iou), "iou_mse": jnp.mean(iou_loss)}
+
+
+def object_score_loss(object_score_logits: jnp.ndarray, present: jnp.ndarray) -> jnp.ndarray:
+    """SAM 2's object-presence BCE: logits (B, 1), present (B,) bool -> (B,)."""
+    return optax.sigmoid_binary_cross_entropy(
+        object_score_logits[:, 0], present.astype(jnp.float32)
+    )

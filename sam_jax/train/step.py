@@ -1,0 +1,148 @@
+"""A jit-compiled SAM train step with simulated interactive clicks.
+
+    tx = make_optimizer(variables["params"], trainable="decoder", learning_rate=1e-4)
+    state = TrainState.create(variables, tx)
+    step = make_train_step(model, tx, num_corrections=2)
+    state, metrics = step(state, images, targets, key)      # jit-compiled
+
+What trains is chosen by optax masking (frozen leaves get zero updates and no optimizer
+state). `compute_dtype=jnp.bfloat16` runs the model in bf16 against float32 parameters;
+`sam_jax.build(..., remat=True)` recomputes encoder blocks in the backward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from sam_jax.train.clicks import corrective_click, first_prompt
+from sam_jax.train.losses import sam_loss
+
+# Which top-level modules train under each choice.
+TRAINABLE = {
+    "decoder": ("mask_decoder",),
+    "prompt_decoder": ("prompt_encoder", "mask_decoder"),
+    "all": None,  # everything
+}
+
+
+def trainable_labels(params: Any, trainable: str) -> Any:
+    """'train' / 'freeze' label for every leaf of `params`."""
+    if trainable not in TRAINABLE:
+        raise ValueError(f"trainable must be one of {list(TRAINABLE)}; got {trainable!r}")
+    modules = TRAINABLE[trainable]
+    flat = flax.traverse_util.flatten_dict(params)
+    labels = {k: "train" if modules is None or k[0] in modules else "freeze" for k in flat}
+    return flax.traverse_util.unflatten_dict(labels)
+
+
+def make_optimizer(
+    params: Any,
+    trainable: str = "all",
+    learning_rate: float | optax.Schedule = 1e-4,
+    weight_decay: float = 0.1,
+) -> optax.GradientTransformation:
+    """AdamW on the chosen modules, zero updates (and no state) for the rest."""
+    return optax.multi_transform(
+        {
+            "train": optax.adamw(learning_rate, weight_decay=weight_decay),
+            "freeze": optax.set_to_zero(),
+        },
+        trainable_labels(params, trainable),
+    )
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Variables ({'params', 'buffers', ...}), optimizer state and step count."""
+
+    variables: Any
+    opt_state: Any
+    step: jnp.ndarray
+
+    @classmethod
+    def create(cls, variables: Any, tx: optax.GradientTransformation) -> TrainState:
+        return cls(variables, tx.init(variables["params"]), jnp.zeros((), jnp.int32))
+
+
+def interactive_loss(
+    model: nn.Module,
+    variables: Any,
+    images: jnp.ndarray,
+    targets: jnp.ndarray,
+    key: jax.Array,
+    num_corrections: int = 2,
+) -> tuple[jnp.ndarray, dict]:
+    """SAM's loss over one initial prompt and `num_corrections` corrective clicks.
+
+    images (B, S, S, 3) normalised; targets (B, S, S) bool at image resolution. The image is
+    encoded once; each round feeds the previous best low-res logits back as the mask input.
+    Losses and error regions are taken at the logits' resolution (S/4), against the target's
+    4x4 area average, which keeps the step cheap.
+    """
+    b, s = images.shape[0], images.shape[1]
+    r4 = s // 4
+    soft = targets.astype(jnp.float32).reshape(b, r4, 4, r4, 4).mean(axis=(2, 4))
+    emb = model.apply(variables, images, method="encode_image")
+    keys = jax.random.split(key, num_corrections + 1)
+    coords, labels = first_prompt(keys[0], targets)
+    mask_in = None
+    total, metrics = 0.0, []
+    for r in range(num_corrections + 1):
+        logits, iou = model.apply(
+            variables,
+            emb,
+            point_coords=coords,
+            point_labels=labels,
+            mask_inputs=mask_in,
+            multimask_output=r == 0,
+            method="predict_masks",
+        )  # the first prompt may be ambiguous; corrections are not
+        logits = logits.astype(jnp.float32)
+        loss, met = sam_loss(logits, iou.astype(jnp.float32), soft)
+        total = total + loss
+        metrics.append(met)
+        if r == num_corrections:
+            break
+        best = jnp.argmax(iou, axis=1)
+        low = jax.lax.stop_gradient(jnp.take_along_axis(logits, best[:, None, None, None], 1)[:, 0])
+        click, click_label = corrective_click(keys[r + 1], low, soft > 0.5)
+        coords = jnp.concatenate([coords, click * 4 + 1.5], axis=1)  # centre of the 4x4 block
+        labels = jnp.concatenate([labels, click_label], axis=1)
+        mask_in = low[..., None]
+    out = {
+        "loss": total / (num_corrections + 1),
+        "iou_first": metrics[0]["iou"],
+        "iou_last": metrics[-1]["iou"],
+    }
+    return out["loss"], out
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    num_corrections: int = 2,
+    compute_dtype: Any = jnp.float32,
+    loss_fn: Callable = interactive_loss,
+) -> Callable:
+    """jit-compiled (state, images, targets, key) -> (state, metrics)."""
+
+    def step(state: TrainState, images, targets, key):
+        def objective(params):
+            variables = {**state.variables, "params": params}
+            cast = jax.tree.map(lambda x: x.astype(compute_dtype), variables)
+            return loss_fn(model, cast, images.astype(compute_dtype), targets, key, num_corrections)
+
+        grads, metrics = jax.grad(objective, has_aux=True)(state.variables["params"])
+        updates, opt_state = tx.update(grads, state.opt_state, state.variables["params"])
+        params = optax.apply_updates(state.variables["params"], updates)
+        new = TrainState({**state.variables, "params": params}, opt_state, state.step + 1)
+        return new, metrics
+
+    return jax.jit(step, donate_argnums=0)

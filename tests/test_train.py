@@ -1,0 +1,201 @@
+"""Training library: losses, click simulation, the train step, sharding equivalence."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sam_jax
+from sam_jax.checkpoint import build_from_config
+from sam_jax.config import SamConfig, ViTConfig
+from sam_jax.train import clicks, losses
+from sam_jax.train.step import TrainState, make_optimizer, make_train_step
+from sam_jax.train.synthetic import scene, video
+
+TINY = SamConfig(
+    ViTConfig(32, 2, 2, (1,), window_size=4, out_chans=32, pretrain_image_size=64),
+    image_size=64,
+    prompt_embed_dim=32,
+    decoder_mlp_dim=64,
+    decoder_num_heads=2,
+    iou_head_hidden_dim=32,
+)
+
+
+def test_losses_reference_values():
+    target = jnp.zeros((1, 4, 4)).at[0, :2].set(1.0)
+    perfect = jnp.where(target > 0, 20.0, -20.0)
+    assert float(losses.dice_loss(perfect, target)[0]) < 1e-6
+    assert float(losses.focal_loss(perfect, target)[0]) < 1e-9
+    zero = jnp.zeros((1, 4, 4))
+    # Focal at p = 0.5: mean over pixels of a_t * ln 2 * 0.25.
+    want = (8 * 0.25 + 8 * 0.75) / 16 * np.log(2) * 0.25
+    np.testing.assert_allclose(float(losses.focal_loss(zero, target)[0]), want, rtol=1e-6)
+    np.testing.assert_allclose(float(losses.mask_iou(perfect, target)[0]), 1.0)
+
+
+def test_multimask_rule_trains_only_the_best_mask():
+    target = jnp.zeros((1, 8, 8)).at[0, 2:6, 2:6].set(1.0)
+    good = jnp.where(target > 0, 5.0, -5.0)
+    logits = jnp.stack([jnp.zeros((8, 8)), good[0], -good[0]])[None]
+    iou = jnp.zeros((1, 3))
+    g = jax.grad(lambda lg: losses.sam_loss(lg, iou, target)[0])(logits)
+    assert float(jnp.abs(g[0, 1]).sum()) > 0
+    assert float(jnp.abs(g[0, 0]).sum()) == 0 and float(jnp.abs(g[0, 2]).sum()) == 0
+
+
+def test_clicks_land_where_they_should():
+    key = jax.random.key(0)
+    target = jnp.zeros((4, 16, 16), bool).at[:, 4:10, 6:12].set(True)
+    xy, ok = clicks.sample_pixel(key, target)
+    assert bool(ok.all())
+    assert bool(target[jnp.arange(4), xy[:, 1].astype(int), xy[:, 0].astype(int)].all())
+    np.testing.assert_array_equal(clicks.mask_box(target)[0], [6, 4, 12, 10])
+    coords, labels = clicks.first_prompt(key, target)
+    assert coords.shape == (4, 2, 2) and labels.shape == (4, 2)
+    # A prediction that misses the right half: the corrective click is positive, in the miss.
+    logits = jnp.where(target, 1.0, -1.0).at[:, :, 9:].set(-1.0)
+    c, lab = clicks.corrective_click(key, logits, target)
+    assert bool((lab[:, 0] == 1).all()) and bool((c[:, 0, 0] >= 9).all())
+    # Perfect prediction -> padding click.
+    _, lab = clicks.corrective_click(key, jnp.where(target, 1.0, -1.0), target)
+    assert bool((lab == -1).all())
+
+
+def _batch(b=4, s=64):
+    imgs, tgts = [], []
+    for i in range(b):
+        img, masks = scene(i, s)
+        imgs.append(img)
+        tgts.append(masks[np.argmax(masks.sum((1, 2)))])
+    x = (np.stack(imgs).astype(np.float32) - 128) / 64
+    return x, np.stack(tgts)
+
+
+@pytest.mark.parametrize("trainable", ["decoder", "prompt_decoder", "all"])
+def test_train_step_updates_only_what_trains(trainable):
+    model = build_from_config(TINY)
+    variables = sam_jax.init_params(model, jax.random.key(0))
+    tx = make_optimizer(variables["params"], trainable, 1e-3)
+    state = TrainState.create(variables, tx)
+    before = jax.tree.map(np.array, state.variables)
+    step = make_train_step(model, tx, num_corrections=1)
+    x, t = _batch()
+    state, met = step(state, x, t, jax.random.key(1))
+    assert np.isfinite(float(met["loss"]))
+    for name, sub in before["params"].items():
+        changed = any(
+            not np.array_equal(a, b)
+            for a, b in zip(
+                jax.tree.leaves(sub), jax.tree.leaves(state.variables["params"][name]), strict=True
+            )
+        )
+        should = (
+            trainable == "all"
+            or name == "mask_decoder"
+            or (trainable == "prompt_decoder" and name == "prompt_encoder")
+        )
+        assert changed == should, (name, trainable)
+    np.testing.assert_array_equal(  # buffers never train
+        before["buffers"]["prompt_encoder"]["pe_layer"]["positional_encoding_gaussian_matrix"],
+        state.variables["buffers"]["prompt_encoder"]["pe_layer"][
+            "positional_encoding_gaussian_matrix"
+        ],
+    )
+
+
+def test_loss_decreases_and_bf16_and_remat_run():
+    model = build_from_config(TINY)
+    variables = sam_jax.init_params(model, jax.random.key(0))
+    tx = make_optimizer(variables["params"], "all", 2e-3)
+    x, t = _batch()
+    step = make_train_step(model, tx, num_corrections=1)
+    state = TrainState.create(variables, tx)
+    first = None
+    for i in range(15):
+        state, met = step(state, x, t, jax.random.key(i))
+        first = first if first is not None else float(met["loss"])
+    assert float(met["loss"]) < first
+    remat_model = build_from_config(TINY, remat=True)
+    bf16 = make_train_step(remat_model, tx, num_corrections=1, compute_dtype=jnp.bfloat16)
+    state2, met2 = bf16(TrainState.create(variables, tx), x, t, jax.random.key(0))
+    assert np.isfinite(float(met2["loss"]))
+    assert state2.variables["params"]["mask_decoder"]["iou_token"]["weight"].dtype == jnp.float32
+
+
+def test_synthetic_data_masks_are_exact_and_visible():
+    img, masks = scene(3, 64)
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+    assert masks.dtype == bool and masks.shape[1:] == (64, 64)
+    assert not (masks.sum(0) > 1).any()  # visible masks never overlap (occlusion applied)
+    frames, vmasks = video(1, num_frames=6, size=64, num_objects=2)
+    assert frames.shape == (6, 64, 64, 3) and vmasks.shape == (6, 2, 64, 64)
+    assert not np.array_equal(vmasks[0], vmasks[-1])  # things move
+
+
+SHARDING_SCRIPT = textwrap.dedent(
+    """
+    import json, jax, numpy as np, optax
+    import sam_jax
+    from sam_jax.checkpoint import build_from_config
+    from sam_jax.train.sharding import make_mesh, shard_batch, shard_tree
+    from sam_jax.train.step import TrainState, make_train_step
+    from tests.test_train import TINY, _batch
+    assert len(jax.devices()) == 4, jax.devices()
+    model = build_from_config(TINY)
+    variables = sam_jax.init_params(model, jax.random.key(0))
+    # Plain SGD: Adam's first step is lr * sign(g), which turns float-level differences in
+    # near-zero gradients into lr-sized parameter differences.
+    tx = optax.sgd(0.1)
+    step = make_train_step(model, tx, num_corrections=1)
+    x, t = _batch(8)
+    key = jax.random.key(3)
+    single, m1 = step(TrainState.create(variables, tx), x, t, key)
+    mesh = make_mesh(4)
+    out = {}
+    for fsdp in (False, True):
+        state = shard_tree(TrainState.create(variables, tx), mesh, fsdp=fsdp)
+        xs, ts = shard_batch((x, t), mesh)
+        sharded, m2 = step(state, xs, ts, key)
+        n_sharded = sum(len(l.sharding.device_set) > 1 and not l.sharding.is_fully_replicated
+                        for l in jax.tree.leaves(state.variables["params"]))
+        diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                 for a, b in zip(jax.tree.leaves(single.variables), jax.tree.leaves(sharded.variables))]
+        out[str(fsdp)] = dict(loss_single=float(m1["loss"]), loss_sharded=float(m2["loss"]),
+                             max_param_diff=max(diffs), sharded_leaves=n_sharded,
+                             batch_devices=len(xs.sharding.device_set))
+    print(json.dumps(out))
+    """
+)
+
+
+def test_sharded_step_matches_single_device():
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run(
+        [sys.executable, "-c", SHARDING_SCRIPT],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    print(out)
+    for fsdp, r in out.items():
+        assert r["batch_devices"] == 4
+        assert abs(r["loss_single"] - r["loss_sharded"]) <= 1e-5 * max(1.0, abs(r["loss_single"]))
+        assert r["max_param_diff"] <= 1e-5
+        if fsdp == "True":
+            assert r["sharded_leaves"] > 0

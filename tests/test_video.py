@@ -1,0 +1,306 @@
+"""SAM 2 video tracking against ultralytics' SAM2Model.track_step driven frame by frame
+with the full history (tests/video_reference.py), every parameter and buffer random.
+
+Reduced SAM 2.1 and SAM 2.0 configs run whole sessions - objects prompted on different
+frames (points, box, mask), propagation, a correction followed by re-propagation, an object
+added after propagation, reverse tracking, letterboxed non-square frames - and compare
+every frame's logits. The full-size sam2.1_t architecture tracks 2 objects over 8 frames.
+Other tests: no recompilation when only prompt values change, the memory state's size is
+independent of the video length, frame sources, the non-overlap constraint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import numpy as np
+import pytest
+import torch
+from sam_jax.convert.keymap import state_dict_to_variables
+
+from sam_jax.checkpoint import build_from_config, variable_shapes
+from sam_jax.config import HieraConfig, Sam2Config, variant_config
+from sam_jax.tracking import apply_non_overlapping_constraints, bucket
+from sam_jax.tracking.memory_bank import bank_nbytes
+from sam_jax.transforms import letterbox
+from sam_jax.video_io import open_frames
+from sam_jax.video_predictor import VideoPredictor
+from tests.reference import randomize_, rel_err
+from tests.reference_sam2 import build_reference_sam2
+from tests.video_reference import RefVideoTracker
+
+LOGIT_TOL = 1e-3
+IOU_MIN = 0.99
+
+SMALL = {
+    "2.1": Sam2Config(
+        HieraConfig(32, 1, (1, 1, 2, 1), (3,), (8, 4, 6, 3), (7, 7)), image_size=128, sam2_1=True
+    ),
+    "2.0": Sam2Config(
+        HieraConfig(24, 2, (1, 1, 2, 1), (3,), (8, 4, 6, 3), (14, 14)),
+        image_size=160,
+        sam2_1=False,
+    ),
+}
+
+
+@dataclasses.dataclass
+class Setup:
+    cfg: Sam2Config
+    ref: torch.nn.Module
+    model: object
+    params: dict
+
+
+@functools.cache
+def _setup(cfg: Sam2Config, seed: int = 0) -> Setup:
+    ref = randomize_(build_reference_sam2(cfg), seed=seed)
+    model = build_from_config(cfg)
+    sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    params = jax.device_put(state_dict_to_variables(sd, variable_shapes(model)))
+    return Setup(cfg, ref, model, params)
+
+
+def _video(t: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Moving disc and box over a textured background, (t, h, w, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    out = np.zeros((t, h, w, 3), np.uint8)
+    for i in range(t):
+        img = 90 + 40 * np.sin(xx / 7.0 + 0.4 * i)[..., None] * np.ones(3)
+        cx, cy = 0.25 * w + 0.03 * w * i, 0.4 * h + 0.01 * h * i
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < (0.12 * w) ** 2] = (220, 40, 40)
+        img[
+            (np.abs(xx - 0.7 * w + 0.02 * w * i) < 0.1 * w) & (np.abs(yy - 0.65 * h) < 0.15 * h)
+        ] = (
+            30,
+            200,
+            60,
+        )
+        out[i] = np.clip(img + rng.normal(0, 6, img.shape), 0, 255)
+    return out
+
+
+class Session:
+    """One VideoPredictor session and the reference tracker on the same frames."""
+
+    def __init__(self, setup: Setup, frames: np.ndarray, **kwargs) -> None:
+        cfg = setup.cfg
+        s = cfg.image_size
+        self.vp = VideoPredictor(setup.model, setup.params, progress=False, **kwargs)
+        self.state = self.vp.init_state(frames)
+        boxed = np.stack([letterbox(f, s) for f in frames]).astype(np.float32)
+        norm = (boxed - np.float32(cfg.pixel_mean)) / np.float32(cfg.pixel_std)
+        add_all = kwargs.get("add_all_frames_to_correct_as_cond", False)
+        self.ref = RefVideoTracker(setup.ref, norm, add_all)
+        self.r = self.state.ratio
+        self.errors: dict[str, float] = {}
+        self.ious: dict[str, float] = {}
+
+    def _check(self, tag: str, ours: np.ndarray, ref_low: dict) -> None:
+        """ours (n, H, W) against the reference's low-res logits per object, mapped to the
+        frame by the predictor's own unletterbox resampling."""
+        ids = self.state.obj_ids
+        theirs = self.vp._video_logits(self.state, np.stack([ref_low[i] for i in ids]))
+        err = rel_err(ours, theirs)
+        a, b = ours > 0, theirs > 0
+        inter = (a & b).sum(axis=(1, 2))
+        union = np.maximum((a | b).sum(axis=(1, 2)), 1)
+        iou = float(np.where((a | b).sum(axis=(1, 2)) == 0, 1.0, inter / union).min())
+        self.errors[tag], self.ious[tag] = err, iou
+        assert err <= LOGIT_TOL, (tag, err)
+        assert iou >= IOU_MIN, (tag, iou)
+
+    def points(self, f, obj_id, pts=None, labels=None, box=None):
+        _, ids, ours = self.vp.add_new_points_or_box(self.state, f, obj_id, pts, labels, box)
+        coords, labs = np.zeros((0, 2), np.float32), np.zeros((0,), np.int32)
+        if box is not None:
+            coords = np.asarray(box, np.float32).reshape(2, 2)
+            labs = np.array([2, 3], np.int32)
+        if pts is not None:
+            coords = np.concatenate([coords, np.asarray(pts, np.float32)])
+            labs = np.concatenate([labs, np.asarray(labels, np.int32)])
+        self.ref.add_points(obj_id, f, coords * np.float32(self.r), labs)
+        low = {i: self.ref_current(i, f) for i in ids}
+        self._check(f"prompt f{f} obj{obj_id}", ours, low)
+
+    def mask(self, f, obj_id, mask):
+        _, ids, ours = self.vp.add_new_mask(self.state, f, obj_id, mask)
+        self.ref.add_mask(obj_id, f, self.state.tracks[obj_id].masks[f])  # letterboxed
+        low = {i: self.ref_current(i, f) for i in ids}
+        self._check(f"mask f{f} obj{obj_id}", ours, low)
+
+    def ref_current(self, obj_id, f):
+        """The reference object's newest logits on frame f (-1024 if none)."""
+        o = self.ref.objs[obj_id]
+        out = (
+            o["temp"].get(f, (None,))[0]
+            or o["out"]["cond_frame_outputs"].get(f)
+            or o["out"]["non_cond_frame_outputs"].get(f)
+        )
+        if out is None:
+            m = self.vp.mask_size
+            return np.full((m, m), -1024.0, np.float32)
+        return out["pred_masks"][0, 0].numpy()
+
+    def propagate(self, tag, **kwargs):
+        ours = list(self.vp.propagate_in_video(self.state, **kwargs))
+        ref_kwargs = {
+            "start": kwargs.get("start_frame_idx"),
+            "max_frames": kwargs.get("max_frame_num_to_track"),
+            "reverse": kwargs.get("reverse", False),
+        }
+        theirs = list(self.ref.propagate(**ref_kwargs))
+        assert [f for f, _, _ in ours] == [f for f, _ in theirs]
+        for (f, ids, logits), (_, ref_low) in zip(ours, theirs, strict=True):
+            assert ids == list(ref_low)
+            self._check(f"{tag} f{f}", logits, ref_low)
+        return [f for f, _, _ in ours]
+
+    def report(self, name: str) -> None:
+        worst = max(self.errors, key=self.errors.get)
+        print(
+            f"\n{name}: {len(self.errors)} frame comparisons, worst logit rel err "
+            f"{self.errors[worst]:.2e} ({worst}), min mask IoU {min(self.ious.values()):.4f}"
+        )
+        for k, v in self.errors.items():
+            print(f"  {k}: rel err {v:.2e}, IoU {self.ious[k]:.4f}")
+
+
+def test_small_sam2_1_session():
+    """2.1: objects prompted on different frames (points, box), forward propagation, a
+    correction and re-propagation, a mask-prompted object added after propagation,
+    reverse propagation; chunks of 4 so sessions cross chunk boundaries."""
+    setup = _setup(SMALL["2.1"])
+    s = setup.cfg.image_size
+    sess = Session(setup, _video(9, s, s), chunk_size=4)
+    sess.points(0, 1, [[0.25 * s, 0.4 * s]], [1])
+    sess.points(3, 2, box=[0.55 * s, 0.45 * s, 0.8 * s, 0.85 * s])
+    assert sess.propagate("fwd") == list(range(9))
+    sess.points(5, 1, [[0.4 * s, 0.45 * s], [0.9 * s, 0.1 * s]], [1, 0])  # correction
+    assert sess.propagate("re-prop", start_frame_idx=2) == list(range(2, 9))
+    m = np.zeros((s, s), bool)
+    m[int(0.5 * s) : int(0.8 * s), int(0.5 * s) : int(0.75 * s)] = True
+    sess.mask(7, 3, m)  # a new object after propagation, on a tracked frame
+    assert sess.propagate("reverse", start_frame_idx=8, reverse=True) == list(range(8, -1, -1))
+    sess.report("sam2.1 small")
+    assert sess.state.tracks[1].prompted == {5}  # the correction stayed non-conditioning
+    assert set(sess.state.tracks[1].cond) == {0}
+
+
+def test_small_sam2_0_session_letterboxed():
+    """2.0 (absolute pointer distances, 64-d encodings, no no_obj_embed_spatial) on
+    non-square frames (letterboxed), reverse first, corrections made conditioning,
+    max_frame_num_to_track."""
+    setup = _setup(SMALL["2.0"])
+    s = setup.cfg.image_size
+    h, w = int(0.75 * s), s
+    sess = Session(setup, _video(8, h, w, seed=1), add_all_frames_to_correct_as_cond=True)
+    sess.points(5, 1, [[0.3 * w, 0.45 * h], [0.7 * w, 0.2 * h]], [1, 0])
+    sess.points(2, 2, [[0.65 * w, 0.6 * h]], [1])
+    assert sess.propagate("reverse", start_frame_idx=7, reverse=True) == list(range(7, -1, -1))
+    sess.points(4, 2, [[0.6 * w, 0.7 * h]], [1])  # correction -> conditioning
+    assert sess.propagate("fwd", start_frame_idx=1, max_frame_num_to_track=5) == list(range(1, 7))
+    sess.report("sam2.0 small, letterboxed")
+    assert set(sess.state.tracks[2].cond) == {2, 4}
+
+
+def test_full_size_sam2_1_t_two_objects():
+    """The full sam2.1_t architecture (at 256 px to fit the time budget): 2 objects
+    prompted on different frames, 8 frames forward."""
+    setup = _setup(variant_config("sam2.1_t", 256), seed=1)
+    s = setup.cfg.image_size
+    sess = Session(setup, _video(8, s, s, seed=2), chunk_size=8)
+    sess.points(0, 1, [[0.25 * s, 0.4 * s]], [1])
+    sess.points(2, 2, [[0.7 * s, 0.65 * s], [0.2 * s, 0.2 * s]], [1, 0])
+    assert sess.propagate("fwd") == list(range(8))
+    sess.report("sam2.1_t full-size architecture")
+
+
+def test_no_recompilation_when_prompt_values_change():
+    """Once each kind of call has run, new prompt values, frames, objects (same bucket),
+    directions and corrections reuse the compiled functions."""
+    setup = _setup(SMALL["2.1"])
+    s = setup.cfg.image_size
+    vp = VideoPredictor(setup.model, setup.params, chunk_size=4, progress=False)
+    state = vp.init_state(_video(6, s, s))
+    vp.add_new_points_or_box(state, 0, 1, [[10, 20]], [1])
+    vp.add_new_points_or_box(state, 1, 2, [[40, 50]], [1])
+    list(vp.propagate_in_video(state))
+    vp.add_new_points_or_box(state, 2, 1, [[70, 30]], [0])  # a correction
+    list(vp.propagate_in_video(state, start_frame_idx=5, reverse=True))
+    counts = dict(vp.trace_counts)
+
+    vp.reset_state(state)
+    vp.add_new_points_or_box(state, 3, 7, [[60, 60]], [1])
+    vp.add_new_points_or_box(state, 5, 8, [[5, 90]], [0])
+    list(vp.propagate_in_video(state, reverse=True))
+    list(vp.propagate_in_video(state, start_frame_idx=3, max_frame_num_to_track=2))
+    vp.add_new_points_or_box(state, 4, 8, [[22, 33]], [1])  # a correction
+    list(vp.propagate_in_video(state, start_frame_idx=0))
+    assert dict(vp.trace_counts) == counts, (counts, dict(vp.trace_counts))
+
+
+def test_memory_state_size_independent_of_video_length():
+    setup = _setup(SMALL["2.1"])
+    s = setup.cfg.image_size
+    sizes = []
+    for t in (10, 1000):
+        frames = [np.full((s, s, 3), 100, np.uint8)] * t  # a list: nothing copied
+        vp = VideoPredictor(setup.model, setup.params, chunk_size=4, progress=False)
+        state = vp.init_state(frames)
+        vp.add_new_points_or_box(state, 0, 1, [[10, 20]], [1])
+        vp.add_new_points_or_box(state, 4, 2, [[30, 40]], [1])
+        list(vp.propagate_in_video(state, max_frame_num_to_track=5))
+        bank = vp.memory_state(state, 6)
+        shapes = jax.tree_util.tree_map(lambda x: (x.shape, str(x.dtype)), bank)
+        sizes.append((shapes, bank_nbytes(bank)))
+    assert sizes[0] == sizes[1]
+    print(f"\nmemory state: {sizes[0][1]} bytes for 10 and for 1000 frames")
+
+
+def test_non_overlap_matches_reference():
+    from ultralytics.models.sam.modules.sam import SAM2Model
+
+    x = np.random.default_rng(0).standard_normal((3, 1, 16, 16)).astype(np.float32) * 20
+    ref = SAM2Model._apply_non_overlapping_constraints(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(np.asarray(apply_non_overlapping_constraints(x)), ref)
+    # a padding object neither wins nor changes
+    valid = np.array([True, True, False])
+    ours = np.asarray(apply_non_overlapping_constraints(x, valid))
+    ref2 = SAM2Model._apply_non_overlapping_constraints(torch.from_numpy(x[:2])).numpy()
+    np.testing.assert_array_equal(ours[:2], ref2)
+    np.testing.assert_array_equal(ours[2], x[2])
+
+
+def test_frame_sources(tmp_path):
+    from PIL import Image
+
+    frames = _video(3, 24, 32)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(tmp_path / f"{i * 5}.png")  # 0, 5, 10: natural order
+    src = open_frames(tmp_path)
+    assert len(src) == 3 and src.hw == (24, 32)
+    for i in range(3):
+        np.testing.assert_array_equal(src[i], frames[i])
+    np.testing.assert_array_equal(open_frames(frames)[2], frames[2])
+    with pytest.raises(ValueError, match="uint8"):
+        open_frames(frames.astype(np.float32))
+    cv2 = pytest.importorskip("cv2")
+    path = str(tmp_path / "v.avi")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 5, (32, 24))
+    if not writer.isOpened():
+        pytest.skip("no MJPG writer")
+    for f in frames:
+        writer.write(np.ascontiguousarray(f[..., ::-1]))
+    writer.release()
+    video = open_frames(path)
+    assert len(video) == 3 and video.hw == (24, 32)
+    assert np.abs(video[2].astype(int) - frames[2]).mean() < 20  # lossy codec
+    assert np.abs(video[0].astype(int) - frames[0]).mean() < 20  # seeking back re-opens
+
+
+def test_bucket():
+    assert [bucket(n) for n in (0, 1, 2, 3, 4, 5, 9)] == [1, 1, 2, 4, 4, 8, 16]
