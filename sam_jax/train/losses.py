@@ -45,15 +45,19 @@ def sam_loss(
     focal_weight: float = 20.0,
     dice_weight: float = 1.0,
     iou_weight: float = 1.0,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
 ) -> tuple[jnp.ndarray, dict]:
     """SAM's loss for logits (B, M, h, w), predicted IoU (B, M), target (B, h, w).
 
     focal:dice = 20:1 on the best of the M masks, plus MSE between the predicted IoU and the
-    actual IoU of every mask (the IoU head must rank all candidates).
+    actual IoU of every mask (the IoU head must rank all candidates). With focal_alpha=0.5
+    and focal_gamma=0 the focal term is half the binary cross-entropy, which trains models
+    from scratch more steadily (SAM's weights assume a pretrained encoder).
     Returns (scalar loss, metrics dict).
     """
     t = jnp.broadcast_to(target[:, None].astype(logits.dtype), logits.shape)
-    per_mask = focal_weight * focal_loss(logits, t) + dice_weight * dice_loss(logits, t)
+    per_mask = focal_weight * focal_loss(logits, t, focal_alpha, focal_gamma) + dice_weight * dice_loss(logits, t)
     best = jnp.argmin(per_mask, axis=1)
     mask_loss = jnp.take_along_axis(per_mask, best[:, None], axis=1)[:, 0]
     actual_iou = jax.lax.stop_gradient(mask_iou(logits, t))

@@ -78,6 +78,7 @@ def interactive_loss(
     targets: jnp.ndarray,
     key: jax.Array,
     num_corrections: int = 2,
+    **loss_weights: float,
 ) -> tuple[jnp.ndarray, dict]:
     """SAM's loss over one initial prompt and `num_corrections` corrective clicks.
 
@@ -105,7 +106,7 @@ def interactive_loss(
             method="predict_masks",
         )  # the first prompt may be ambiguous; corrections are not
         logits = logits.astype(jnp.float32)
-        loss, met = sam_loss(logits, iou.astype(jnp.float32), soft)
+        loss, met = sam_loss(logits, iou.astype(jnp.float32), soft, **loss_weights)
         total = total + loss
         metrics.append(met)
         if r == num_corrections:
@@ -130,14 +131,19 @@ def make_train_step(
     num_corrections: int = 2,
     compute_dtype: Any = jnp.float32,
     loss_fn: Callable = interactive_loss,
+    **loss_weights: float,
 ) -> Callable:
-    """jit-compiled (state, images, targets, key) -> (state, metrics)."""
+    """jit-compiled (state, images, targets, key) -> (state, metrics). `loss_weights` go to
+    `sam_loss` (focal_weight, dice_weight, iou_weight, focal_alpha, focal_gamma)."""
 
     def step(state: TrainState, images, targets, key):
         def objective(params):
             variables = {**state.variables, "params": params}
             cast = jax.tree.map(lambda x: x.astype(compute_dtype), variables)
-            return loss_fn(model, cast, images.astype(compute_dtype), targets, key, num_corrections)
+            return loss_fn(
+                model, cast, images.astype(compute_dtype), targets, key, num_corrections,
+                **loss_weights,
+            )
 
         grads, metrics = jax.grad(objective, has_aux=True)(state.variables["params"])
         updates, opt_state = tx.update(grads, state.opt_state, state.variables["params"])
