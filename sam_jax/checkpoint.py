@@ -29,6 +29,7 @@ MODELS: dict[type, type[nn.Module]] = {SamConfig: Sam, Sam2Config: Sam2}
 
 FORMAT = "sam_jax"
 TORCH_SUFFIXES = (".pt", ".pth")
+BUNDLED_DIR = Path(__file__).parent / "weights"
 
 
 def build_from_config(config: Any, **kwargs: Any) -> nn.Module:
@@ -113,14 +114,29 @@ def _load_safetensors(path: Path, variant: str | None, image_size: int | None):
     return model, variables
 
 
+def bundled_models() -> dict[str, Path]:
+    """Names of the small models shipped inside the package -> their files."""
+    return {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.safetensors"))}
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A file path, or the name of a bundled model (e.g. "sam_tiny_shapes")."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    bundled = bundled_models()
+    if str(path) in bundled:
+        return bundled[str(path)]
+    names = ", ".join(bundled) or "none"
+    raise FileNotFoundError(f"no such checkpoint file: {p} (bundled models: {names})")
+
+
 def load(
     path: str | os.PathLike, variant: str | None = None, image_size: int | None = None
 ) -> tuple[nn.Module, dict]:
-    """Load a Meta / ultralytics torch checkpoint (.pt/.pth, read without torch) or a
-    sam_jax .safetensors file. Returns (model, variables) ready for `model.apply`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such checkpoint file: {path}")
+    """Load a Meta / ultralytics torch checkpoint (.pt/.pth, read without torch), a sam_jax
+    .safetensors file, or a bundled model by name (`bundled_models()`). Returns (model, variables) ready for `model.apply`."""
+    path = resolve_checkpoint(path)
     if path.suffix == ".safetensors":
         return _load_safetensors(path, variant, image_size)
     state_dict = read_state_dict(path)

@@ -49,6 +49,17 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 COMMANDS += (_add_segment,)
 
 
+def _add_demo_and_training(sub: argparse._SubParsersAction) -> None:
+    from sam_jax.cli_demo import add_parser
+    from sam_jax.cli_train import add_parsers
+
+    add_parser(sub)
+    add_parsers(sub)
+
+
+COMMANDS += (_add_demo_and_training,)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sam-jax", description="Segment Anything in JAX.")
     sub = parser.add_subparsers(title="sub-commands", metavar="COMMAND")
