@@ -16,8 +16,10 @@ def focal_loss(logits: jnp.ndarray, target: jnp.ndarray, alpha: float = 0.25, ga
     """Mean sigmoid focal loss over the last two axes: (..., h, w) -> (...)."""
     p = jax.nn.sigmoid(logits)
     ce = optax.sigmoid_binary_cross_entropy(logits, target)
-    p_t = p * target + (1 - p) * (1 - target)
     a_t = alpha * target + (1 - alpha) * (1 - target)
+    if gamma == 0:  # x ** 0 has a NaN gradient at x = 0 (a saturated pixel)
+        return jnp.mean(a_t * ce, axis=(-2, -1))
+    p_t = p * target + (1 - p) * (1 - target)
     return jnp.mean(a_t * ce * (1 - p_t) ** gamma, axis=(-2, -1))
 
 

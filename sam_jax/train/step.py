@@ -47,14 +47,15 @@ def make_optimizer(
     trainable: str = "all",
     learning_rate: float | optax.Schedule = 1e-4,
     weight_decay: float = 0.1,
+    clip_norm: float = 1.0,
 ) -> optax.GradientTransformation:
-    """AdamW on the chosen modules, zero updates (and no state) for the rest."""
+    """AdamW with global-norm clipping on the chosen modules; zero updates (and no state)
+    for the rest."""
+    train = optax.chain(
+        optax.clip_by_global_norm(clip_norm), optax.adamw(learning_rate, weight_decay=weight_decay)
+    )
     return optax.multi_transform(
-        {
-            "train": optax.adamw(learning_rate, weight_decay=weight_decay),
-            "freeze": optax.set_to_zero(),
-        },
-        trainable_labels(params, trainable),
+        {"train": train, "freeze": optax.set_to_zero()}, trainable_labels(params, trainable)
     )
 
 
