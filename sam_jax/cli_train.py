@@ -12,7 +12,7 @@ def _train(args: argparse.Namespace) -> None:
 
     model, variables, log = train_sam(
         args.variant, steps=args.steps, batch_size=args.batch_size, num_scenes=args.num_scenes,
-        learning_rate=args.lr, seed=args.seed, out=args.out,
+        learning_rate=args.lr, seed=args.seed, out=args.out, init_from=args.init_from,
     )
     if args.log:
         Path(args.log).write_text(json.dumps(log, indent=1))
@@ -38,8 +38,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-scenes", type=int, default=800, help="pre-drawn training scenes")
-    p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", default=None, help="continue from this checkpoint")
     p.add_argument("--eval-images", type=int, default=100)
     p.add_argument("--log", default=None, help="write the training curve (JSON) here")
     p.add_argument("--out", required=True, help="output .safetensors")

@@ -199,3 +199,20 @@ def test_sharded_step_matches_single_device():
         assert r["max_param_diff"] <= 1e-5
         if fsdp == "True":
             assert r["sharded_leaves"] > 0
+
+
+def test_bce_form_of_focal_has_finite_gradients_when_saturated():
+    g = jax.grad(lambda lg: losses.focal_loss(lg, jnp.ones((2, 2)), 0.5, 0.0).sum())(
+        jnp.full((2, 2), 40.0)
+    )
+    assert bool(jnp.isfinite(g).all())
+
+
+def test_demo_command_runs(tmp_path, capsys):
+    from sam_jax.cli import main
+
+    assert main(["demo", "--out", str(tmp_path), "--points-per-side", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "mean one-click IoU" in out
+    for name in ("image.png", "overlay_clicks.png", "overlay_everything.png", "model.safetensors"):
+        assert (tmp_path / name).is_file()

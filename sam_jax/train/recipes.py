@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from sam_jax.checkpoint import build, init_params, save
+from sam_jax.checkpoint import build, init_params, load, save
 from sam_jax.models.resize import resize_bilinear
 from sam_jax.train.step import TrainState, make_optimizer, make_train_step
 from sam_jax.train.synthetic import scene
@@ -74,11 +74,16 @@ def train_sam(
     seed: int = 0,
     out: str | None = None,
     log_every: int = 100,
+    init_from: str | None = None,
 ) -> tuple[object, dict, list[dict]]:
-    """Train a SAM variant from scratch on synthetic shapes. Returns (model, variables, log)."""
-    model = build(variant)
+    """Train a SAM variant on synthetic shapes, from scratch or continuing from a checkpoint
+    (`init_from`). Returns (model, variables, log)."""
+    if init_from:
+        model, variables = load(init_from)
+    else:
+        model = build(variant)
+        variables = init_params(model, jax.random.key(seed))
     cfg = model.config
-    variables = init_params(model, jax.random.key(seed))
     schedule = optax_schedule(learning_rate, steps)
     tx = make_optimizer(variables["params"], "all", schedule, weight_decay=0.01)
     state = TrainState.create(variables, tx)
