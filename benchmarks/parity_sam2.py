@@ -39,6 +39,9 @@ def parity(name: str) -> dict[str, float]:
 
     ref = randomize_(build_reference_sam2(VARIANTS[name]), seed=0)
     with torch.no_grad():
+        # Random weights put the object score near 0; a score <= 0 would replace every mask
+        # logit by -1024 and hide the masks from the comparison, so make "object" sure.
+        ref.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 10.0
         rout = ref.forward_image(to_nchw(images))
         emb = rout["vision_features"] + ref.no_mem_embed.view(1, -1, 1, 1)
         points = {
@@ -58,6 +61,8 @@ def parity(name: str) -> dict[str, float]:
         gc.collect()
         model, params = sam_jax.load(path)
     assert model.config.name == name, model.config.name
+    params = jax.device_put(params)  # one copy of the weights, owned by JAX
+    gc.collect()
 
     feats = jax.jit(lambda p, x: model.apply(p, x, method="encode_image"))(params, images)
     errs = {}

@@ -16,6 +16,10 @@ of points per prompt, box or not, mask or not, multimask or not) and bucket of t
 prompts K (powers of two); the resize to the original size once per image size and bucket.
 Changing only the values of prompts never recompiles. The number of points is NOT padded:
 padding tokens would take part in the decoder's attention and change the masks.
+
+For SAM / MobileSAM the decoder runs through `sam_jax.fast_decoder`, which does the
+prompt-independent part once per image and reorders the attention products (same result up
+to float rounding); mask inputs and SAM 2 models go through the model's `predict_masks`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax import amg
+from sam_jax import amg, fast_decoder
 from sam_jax.transforms import ceil_pow2, letterbox, letterbox_geometry, linear_taps
 
 _PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -169,7 +173,7 @@ def _decode(model, params, features, coords, labels, boxes, masks, multimask_out
     """Prompts with a leading axis K -> (logits (K, M, m, m), iou (K, M)); the features of the
     one image are shared by the K prompts."""
     TRACE_COUNTS["decode"] += 1
-    k = next(a.shape[0] for a in (coords, boxes, masks) if a is not None)
+    k = next((a.shape[0] for a in (coords, boxes, masks) if a is not None), 1)
     feats = jax.tree_util.tree_map(lambda f: jnp.broadcast_to(f, (k, *f.shape[1:])), features)
     out = model.apply(
         params,
@@ -182,6 +186,19 @@ def _decode(model, params, features, coords, labels, boxes, masks, multimask_out
         method="predict_masks",
     )
     return out[0], out[1]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _image_cache(model, params, features):
+    TRACE_COUNTS["image_cache"] += 1
+    return fast_decoder.image_cache(model, params, features)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _fast_decode(model, params, cache, coords, labels, boxes, multimask_output):
+    """As `_decode`, through `fast_decoder` with the per-image work cached."""
+    TRACE_COUNTS["fast_decode"] += 1
+    return fast_decoder.decode(model, params, cache, coords, labels, boxes, multimask_output)
 
 
 def _resample(x, taps_h, taps_w):
@@ -209,17 +226,24 @@ def _crop_stats(logits, index, taps_y, taps_x, offset):
     """Stability scores, boxes (xyxy in the S x S frame) and non-emptiness of logits[index]."""
     TRACE_COUNTS["crop_stats"] += 1
     x = _crop_logits(jnp.take(logits, index, axis=0), taps_y, taps_x)
-    inter = jnp.sum(x > offset, axis=(1, 2), dtype=jnp.int32)
-    union = jnp.sum(x > -offset, axis=(1, 2), dtype=jnp.int32)
-    mask = x > 0.0
-    s = mask.shape[-1]
-    rows, cols = mask.any(axis=2), mask.any(axis=1)
+    s = x.shape[-1]
     idx = jnp.arange(s)
-    y1 = jnp.max(jnp.where(rows, idx, -1), axis=1)
-    y0 = jnp.min(jnp.where(rows, idx, s), axis=1)
-    x1 = jnp.max(jnp.where(cols, idx, -1), axis=1)
-    x0 = jnp.min(jnp.where(cols, idx, s), axis=1)
-    return inter / union, jnp.stack([x0, y0, x1, y1], axis=1), rows.any(axis=1)
+
+    def stats(m):  # one mask at a time: XLA's CPU reductions fuse badly over the stack
+        inter = jnp.sum(m > offset, dtype=jnp.int32)
+        union = jnp.sum(m > -offset, dtype=jnp.int32)
+        rows, cols = (m > 0.0).any(axis=1), (m > 0.0).any(axis=0)
+        box = jnp.stack(
+            [
+                jnp.min(jnp.where(cols, idx, s)),
+                jnp.min(jnp.where(rows, idx, s)),
+                jnp.max(jnp.where(cols, idx, -1)),
+                jnp.max(jnp.where(rows, idx, -1)),
+            ]
+        )
+        return inter / union, box, rows.any()
+
+    return jax.lax.map(stats, x)
 
 
 @jax.jit
@@ -255,11 +279,27 @@ class Predictor:
         self.mask_size = self.image_size // 4
         self.reset_image()
 
+    def _decoder_cache(self, features):
+        """Per-image decoder work for `fast_decoder` (SAM / MobileSAM), else None."""
+        if not fast_decoder.supported(self.model):
+            return None
+        return _image_cache(self.model, self.params, features)
+
+    def _run_decoder(self, features, cache, coords, labels, boxes, masks, multimask_output):
+        if cache is not None and masks is None and (coords is not None or boxes is not None):
+            return _fast_decode(
+                self.model, self.params, cache, coords, labels, boxes, multimask_output
+            )
+        return _decode(
+            self.model, self.params, features, coords, labels, boxes, masks, multimask_output
+        )
+
     # ------------------------------------------------------------------ image state
 
     def reset_image(self) -> None:
         """Forget the current image and its features."""
         self._features = None
+        self._cache = None
         self._orig_hw: tuple[int, int] | None = None
         self._ratio = 1.0
         self._taps = None
@@ -281,6 +321,7 @@ class Predictor:
         rgb, boxed, r = self._prepare(image)
         h, w = rgb.shape[:2]
         self._features = _encode(self.model, self.params, jnp.asarray(boxed))
+        self._cache = self._decoder_cache(self._features)
         self._orig_hw = (h, w)
         self._ratio = r
         self._taps = _unletterbox_taps(h, w, self.image_size, self.mask_size)
@@ -412,7 +453,8 @@ class Predictor:
 
         Returns masks (M, H, W) bool, scores (M,) and logits (M, S/4, S/4) float32, with
         M = 3 if multimask_output else 1, or (K, M, ...) when batched. Points outside the
-        image are used as given (not clipped), like the reference.
+        image are used as given (not clipped), like the reference. With no prompt at all the
+        model's unprompted output is returned.
         """
         if self._features is None:
             raise ValueError("no image set: call set_image(image) before predict(...)")
@@ -433,10 +475,9 @@ class Predictor:
         c = None if coords is None else coords.astype(np.float32) * r
         b = None if boxes is None else boxes.astype(np.float32) * r
         m = None if masks is None else masks[..., None]
-        logits, iou = _decode(
-            self.model,
-            self.params,
+        logits, iou = self._run_decoder(
             self._features,
+            self._cache,
             pad(c, np.float32),
             pad(labels, np.int32),
             pad(b, np.float32),
@@ -523,6 +564,7 @@ class Predictor:
             x0, y0, x1, y1 = crop
             cw, ch = x1 - x0, y1 - y0
             feats = _encode(self.model, self.params, boxed_dev, _image_crop_taps(crop, s))
+            cache = self._decoder_cache(feats)
             points = point_grids[layer] * fill * [s, s]  # in the crop resized to S x S
             taps_y, taps_x = _crop_taps(crop, s, m)
             kept = collections.defaultdict(list)
@@ -530,10 +572,9 @@ class Predictor:
                 batch = points[start : start + points_per_batch]
                 n = len(batch)
                 padded = np.concatenate([batch, np.repeat(batch[:1], points_per_batch - n, 0)])
-                logits, iou = _decode(
-                    self.model,
-                    self.params,
+                logits, iou = self._run_decoder(
                     feats,
+                    cache,
                     jnp.asarray(padded[:, None, :], jnp.float32),
                     jnp.ones((points_per_batch, 1), jnp.int32),
                     None,

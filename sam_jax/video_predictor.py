@@ -12,8 +12,9 @@ each object keeps its own conditioning frames and history, so objects may be add
 time, also after propagation; a prompt on a frame the object was not tracked on makes a
 conditioning frame (no memory used); a prompt on a tracked frame is a correction (memory
 and the previous logits used) stored as a non-conditioning output, or as a conditioning
-one with `add_all_frames_to_correct_as_cond=True` (or when the frame already is one of
-the object's conditioning frames); point-prompted masks are binarised for the memory;
+one with `add_all_frames_to_correct_as_cond=True` (and, unlike Meta's code, which would
+drop it, when the frame already is one of the object's conditioning frames: it replaces
+it); point-prompted masks are binarised for the memory;
 full history, up to 16 object pointers, float32 memory; no non-overlap constraint unless
 `non_overlap_masks=True`. Prompted frames (conditioning or corrections) keep their
 prompted output during propagation, as the reference predictors do for consolidated
@@ -27,14 +28,25 @@ prompt values, frame indices and video length never recompile. Memory stays flat
 bank is fixed-size, only one chunk of frames/features is alive, outputs are yielded and
 dropped, and the per-frame history (needed to resume or re-propagate from any frame, as
 the reference does) is kept in RAM for short videos and spilled to disk files for long
-ones (`history="auto"`, see `_History`); its RAM part is a pointer per frame.
+ones (`history="auto"`, see `_History`); on disk, only a pointer and a score per frame
+stay in RAM.
 
-Where the image encoder runs: MEASUREMENTS PENDING (TODO before release).
+Where the image encoder runs, measured (2 shared CPU cores, sam2.1_t at 512 px, 2 objects,
+16 frames, chunks of 8, after compilation, two alternating runs per variant): inside the
+scan body 1.85 / 1.90 s per frame; ahead of each chunk, 1 frame per encoder call
+1.91 / 1.89 s, 2 frames per call 2.06 / 1.91 s. The same within noise: batching frames
+does not make the CPU encoder faster, while encoding ahead holds a chunk of float features
+(16 MB per frame at 1024 px) where the scan holds uint8 frames (3 MB). Default: inside the
+scan (`encode_in_scan=True`); frames where every object is prompted run no network at all.
+Propagation speed against the ultralytics `track_step` loop (full history, same weights,
+same run, benchmarks/bench_video.py): 1024 px, 16 frames, 1 object: 0.104 vs 0.061
+frames/s (x1.69).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import shutil
 import tempfile
@@ -66,6 +78,52 @@ from sam_jax.transforms import letterbox, letterbox_geometry
 from sam_jax.video_io import FrameSource, open_frames
 
 _LABELS = (0, 1, 2, 3)
+
+
+# Compiled functions are module-level with the model static, so every predictor of an
+# equal model (same config) shares them; TRACE_COUNTS counts their traces.
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _encode_jit(model, params, images):
+    TRACE_COUNTS["encode"] += 1
+    return model.apply(params, images, method=encode_frames_impl)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("is_init", "multimask"))
+def _prompt_jit(model, params, *args, is_init, multimask):
+    TRACE_COUNTS["prompt"] += 1
+    return model.apply(params, *args, is_init, multimask, method=prompt_frame_impl)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _mask_prompt_jit(model, params, *args):
+    TRACE_COUNTS["mask_prompt"] += 1
+    return model.apply(params, *args, method=mask_prompt_impl)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _prompt_memory_jit(model, params, *args):
+    TRACE_COUNTS["prompt_memory"] += 1
+    return model.apply(params, *args, method=prompt_memory_impl)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5), donate_argnums=(2,))
+def _scan_jit(model, params, bank, chunk, table, non_overlap_for_memory):
+    TRACE_COUNTS["propagate_chunk"] += 1
+    return propagate_chunk(model, params, bank, chunk, table, non_overlap_for_memory)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _to_video_jit(low_res, valid, taps, non_overlap):
+    """(O, m, m) low-res logits -> (O, H, W) at the video's size (crop + bilinear)."""
+    TRACE_COUNTS["to_video"] += 1
+    x = _lerp(low_res, taps[1], axis=2)
+    x = _lerp(x, taps[0], axis=1)
+    if non_overlap:
+        x = apply_non_overlapping_constraints(x, valid)
+    return x
 
 
 @dataclass
@@ -205,6 +263,7 @@ class VideoState:
         self.tracks: dict[Any, _Track] = {}
         self.history = history
         self.features: collections.OrderedDict = collections.OrderedDict()
+        self.taps = None  # resampling of low-res logits to the video's size
         self._next_key = 0
 
     @property
@@ -265,44 +324,23 @@ class VideoPredictor:
         )
         self.feature_cache_size = max(1, int(feature_cache_size))
         self.progress = progress
-        self.trace_counts: collections.Counter[str] = collections.Counter()
+        self.non_overlap_for_memory = non_overlap_for_memory
         self._num_recent = cfg.num_maskmem - 1
         self._num_ptr = cfg.max_obj_ptrs_in_encoder - 1
+        m, p = model, params
+        self._encode = lambda x: _encode_jit(m, p, x)
+        self._prompt = functools.partial(_prompt_jit, m, p)
+        self._mask_prompt = functools.partial(_mask_prompt_jit, m, p)
+        self._prompt_memory = functools.partial(_prompt_memory_jit, m, p)
+        self._scan = lambda bank, chunk, table: _scan_jit(
+            m, p, bank, chunk, table, non_overlap_for_memory
+        )
 
-        def counted(name, fn):
-            def wrapper(*args, **kwargs):
-                self.trace_counts[name] += 1
-                return fn(*args, **kwargs)
-
-            return wrapper
-
-        m = model
-        self._encode = jax.jit(
-            counted("encode", lambda p, x: m.apply(p, x, method=encode_frames_impl))
-        )
-        self._prompt = jax.jit(
-            counted(
-                "prompt",
-                lambda p, *a, is_init, multimask: m.apply(
-                    p, *a, is_init, multimask, method=prompt_frame_impl
-                ),
-            ),
-            static_argnames=("is_init", "multimask"),
-        )
-        self._mask_prompt = jax.jit(
-            counted("mask_prompt", lambda p, *a: m.apply(p, *a, method=mask_prompt_impl))
-        )
-        self._prompt_memory = jax.jit(
-            counted("prompt_memory", lambda p, *a: m.apply(p, *a, method=prompt_memory_impl))
-        )
-        self._scan = jax.jit(
-            counted(
-                "propagate_chunk",
-                lambda p, mem, ch, tb: propagate_chunk(m, p, mem, ch, tb, non_overlap_for_memory),
-            ),
-            donate_argnums=(1,),
-        )
-        self._to_video = jax.jit(counted("to_video", self._to_video_impl))
+    @property
+    def trace_counts(self) -> collections.Counter:
+        """How many times each jitted function was traced (compiled), process-wide: the
+        compiled functions are shared by every predictor of an equal model."""
+        return TRACE_COUNTS
 
     # ------------------------------------------------------------------ state
 
@@ -356,7 +394,7 @@ class VideoPredictor:
         if f in cache:
             cache.move_to_end(f)
             return cache[f]
-        vis, h0, h1 = self._encode(self.params, jnp.asarray(self._letterboxed(state, f))[None])
+        vis, h0, h1 = self._encode(jnp.asarray(self._letterboxed(state, f))[None])
         cache[f] = (vis[0], h0[0], h1[0])
         while len(cache) > self.feature_cache_size:
             cache.popitem(last=False)
@@ -415,13 +453,6 @@ class VideoPredictor:
 
     # ------------------------------------------------------------------ outputs
 
-    def _to_video_impl(self, low_res, valid, taps_h, taps_w):
-        x = _lerp(low_res, taps_w, axis=2)
-        x = _lerp(x, taps_h, axis=1)
-        if self.non_overlap_masks:
-            x = apply_non_overlapping_constraints(x, valid)
-        return x
-
     def _video_logits(self, state: VideoState, low_res: np.ndarray) -> np.ndarray:
         """(n, m, m) low-res logits -> (n, H, W) float32 logits at the video's size."""
         n = low_res.shape[0]
@@ -430,11 +461,13 @@ class VideoPredictor:
         nb = bucket(n)
         x = np.full((nb, self.mask_size, self.mask_size), NO_OBJ_SCORE, np.float32)
         x[:n] = low_res
-        taps = _unletterbox_taps(
-            state.video_height, state.video_width, self.image_size, self.mask_size
-        )
+        if state.taps is None:
+            state.taps = _unletterbox_taps(
+                state.video_height, state.video_width, self.image_size, self.mask_size
+            )
         valid = np.arange(nb) < n
-        return np.asarray(self._to_video(jnp.asarray(x), jnp.asarray(valid), *taps))[:n]
+        out = _to_video_jit(jnp.asarray(x), jnp.asarray(valid), state.taps, self.non_overlap_masks)
+        return np.asarray(out)[:n]
 
     def _frame_low_res(self, state: VideoState, f: int) -> np.ndarray:
         """Each object's current logits on frame f (newest prompt output first)."""
@@ -527,7 +560,6 @@ class VideoPredictor:
         else:
             bank = self._bank(state, [tr], f, reverse, 1, bucket(len(tr.cond)))
         low, ptr, score = self._prompt(
-            self.params,
             jax.tree_util.tree_map(jnp.asarray, bank),
             jnp.int32(f),
             vis,
@@ -565,7 +597,7 @@ class VideoPredictor:
         tr.points.pop(f, None)
         _, _, is_cond = self._prompt_kind(tr, f)
         vis, h0, h1 = self._features(state, f)
-        low, ptr, score = self._mask_prompt(self.params, vis, h0, h1, jnp.asarray(boxed)[None])
+        low, ptr, score = self._mask_prompt(vis, h0, h1, jnp.asarray(boxed)[None])
         tr.temp[f] = _Out(np.asarray(low[0]), np.asarray(ptr[0]), float(score[0]), is_cond)
         return f, state.obj_ids, self._video_logits(state, self._frame_low_res(state, f))
 
@@ -581,7 +613,6 @@ class VideoPredictor:
             for f, out in sorted(tr.temp.items()):
                 vis, _, _ = self._features(state, f)
                 mem = self._prompt_memory(
-                    self.params,
                     vis,
                     jnp.asarray(out.low_res)[None],
                     jnp.asarray([out.score], jnp.float32),
@@ -630,9 +661,9 @@ class VideoPredictor:
                 feats[j, r] = state.history.maskmem(tracks[j].key, f)
                 ptrs[j, r] = state.history.ptr(tracks[j].key, f)
         s = self.image_size
-        images = np.zeros((length, s, s, 3), np.uint8)
-        for i, f in enumerate(frames):
-            images[i] = self._letterboxed(state, f)
+        table = StoredTable(jnp.asarray(feats), jnp.asarray(ptrs))
+        # frames where some object is tracked (the others run no network)
+        needed = [i for i in range(n) if (kind[i, : len(tracks)] == TRACK).any()]
         chunk = Chunk(
             frame_idx=jnp.asarray(frame_idx),
             active=jnp.asarray(np.arange(length) < n),
@@ -640,15 +671,27 @@ class VideoPredictor:
             stored_idx=jnp.asarray(stored_idx),
         )
         if self.encode_in_scan:
-            chunk = chunk.replace(images=jnp.asarray(images))
-        else:
-            parts = [
-                self._encode(self.params, jnp.asarray(images[a : a + self.encode_batch]))
-                for a in range(0, length, self.encode_batch)
-            ]
-            vis, h0, h1 = (jnp.concatenate(x, axis=0) for x in zip(*parts, strict=True))
-            chunk = chunk.replace(vision=vis, high_res_0=h0, high_res_1=h1)
-        return chunk, StoredTable(jnp.asarray(feats), jnp.asarray(ptrs)), kind
+            images = np.zeros((length, s, s, 3), np.uint8)
+            for i in needed:
+                images[i] = self._letterboxed(state, frames[i])
+            return chunk.replace(images=jnp.asarray(images)), table, kind
+        # features computed ahead, `encode_batch` frames per call, zeros where unused
+        g, d = self.grid, self.config.d_model
+        vis = [jnp.zeros((g, g, d))] * length
+        h0 = [jnp.zeros((4 * g, 4 * g, d // 8))] * length
+        h1 = [jnp.zeros((2 * g, 2 * g, d // 4))] * length
+        for a in range(0, len(needed), self.encode_batch):
+            idx = needed[a : a + self.encode_batch]
+            batch = np.zeros((self.encode_batch, s, s, 3), np.uint8)
+            for r, i in enumerate(idx):
+                batch[r] = self._letterboxed(state, frames[i])
+            out = self._encode(jnp.asarray(batch))
+            for r, i in enumerate(idx):
+                vis[i], h0[i], h1[i] = out[0][r], out[1][r], out[2][r]
+        chunk = chunk.replace(
+            vision=jnp.stack(vis), high_res_0=jnp.stack(h0), high_res_1=jnp.stack(h1)
+        )
+        return chunk, table, kind
 
     def propagate_in_video(
         self,
@@ -687,7 +730,7 @@ class VideoPredictor:
                 launched = None
                 if idx < len(chunks):  # dispatch the next chunk before reading this one
                     chunk, table, kind = self._chunk(state, tracks, chunks[idx], o, reverse)
-                    bank, outs = self._scan(self.params, bank, chunk, table)
+                    bank, outs = self._scan(bank, chunk, table)
                     launched = (chunks[idx], kind, outs)
                 if pending is not None:
                     yield from self._emit(state, tracks, obj_ids, reverse, *pending, bar)

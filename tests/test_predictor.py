@@ -174,6 +174,35 @@ def test_predict_matches_ultralytics(pair, orientation):
     assert worst_score <= 1e-3
 
 
+def test_fast_decoder_matches_model(pair):
+    """The predictor's cached / reassociated decoder equals Sam.predict_masks."""
+    import jax.numpy as jnp
+
+    _, ours, _ = pair
+    model, params = ours.model, ours.params
+    rng = np.random.default_rng(0)
+    emb = jnp.asarray(rng.standard_normal((1, S // 16, S // 16, 256)), jnp.float32)
+    cache = predictor._image_cache(model, params, emb)
+    layouts = [(1, 1, False, True), (3, 2, True, False), (2, 0, True, True), (2, 20, False, True)]
+    for k, n, box, multimask in layouts:
+        coords = jnp.asarray(rng.uniform(0, S, (k, n, 2)), jnp.float32) if n else None
+        labels = jnp.asarray(rng.integers(0, 2, (k, n)), jnp.int32) if n else None
+        boxes = (
+            jnp.asarray(np.sort(rng.uniform(0, S, (k, 2, 2)), 1).reshape(k, 4), jnp.float32)
+            if box
+            else None
+        )
+        got, got_iou = predictor._fast_decode(
+            model, params, cache, coords, labels, boxes, multimask
+        )
+        want, want_iou = predictor._decode(
+            model, params, emb, coords, labels, boxes, None, multimask
+        )
+        assert got.shape == want.shape and got_iou.shape == want_iou.shape
+        assert float(jnp.abs(got - want).max() / jnp.abs(want).max()) < 1e-4
+        assert float(jnp.abs(got_iou - want_iou).max() / jnp.abs(want_iou).max()) < 1e-4
+
+
 def test_mask_input_matches_reference_decoder(pair):
     up, ours, ref = pair
     h, w = SHAPES["portrait"]
@@ -215,7 +244,8 @@ def test_changing_prompt_values_never_recompiles(pair):
     ours.set_image(_image((w, h), seed=3))  # another size: only the final resize is new
     ours.predict(pts[1], labels[1])
     after = dict(predictor.TRACE_COUNTS)
-    assert after["encode"] == before["encode"] and after["decode"] == before["decode"]
+    for name in ("encode", "image_cache", "fast_decode", "decode"):
+        assert after.get(name) == before.get(name), name
 
 
 def test_input_errors(pair):
@@ -253,6 +283,8 @@ def test_input_errors(pair):
     with pytest.raises(ValueError, match="mask_input"):
         ours.predict([[1, 2]], [1], mask_input=np.zeros((10, 10)))
     masks, _, _ = ours.predict([[-50.0, 400.0]], [1])  # outside the image: used as given
+    assert masks.shape == (3, 40, 30)
+    masks, _, _ = ours.predict()  # no prompt at all: the model's unprompted masks
     assert masks.shape == (3, 40, 30)
 
 
@@ -454,3 +486,26 @@ def test_sam2_predict_matches_ultralytics():
             np.testing.assert_allclose(
                 scores, ref_boxes[:, 4].numpy().reshape(scores.shape), atol=1e-3
             )
+    # segment everything through SAM 2 as well
+    image = _image((150, 100), seed=4)
+    gen = dict(
+        points_per_side=6,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.5,
+        stability_score_offset=0.1,
+    )
+    records = ours.generate(image, points_per_batch=16, box_nms_thresh=1.0, **gen)
+    up.args.iou = 1.0
+    res = up(
+        source=np.ascontiguousarray(image[..., ::-1]),
+        points_stride=6,
+        points_batch_size=16,
+        conf_thres=0.0,
+        stability_score_thresh=0.5,
+        stability_score_offset=0.1,
+    )[0]
+    ref_masks, ref_scores = res.masks.data.numpy().astype(bool), res.boxes.conf.numpy()
+    assert len(records) == len(ref_masks) > 0
+    for r in records:
+        same = np.nonzero(np.abs(ref_scores - r["predicted_iou"]) < 1e-4)[0]
+        assert max((_iou(r["segmentation"], ref_masks[j]) for j in same), default=0) >= 0.95

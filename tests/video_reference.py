@@ -35,7 +35,7 @@ class RefVideoTracker:
             with torch.no_grad():
                 out = self.model.forward_image(self.images[f : f + 1])
                 _, vis, pos, sizes = self.model._prepare_backbone_features(out)
-            self._feats = {f: (vis, pos, sizes)}  # keep one frame: memory stays small
+            self._feats[f] = (vis, pos, sizes)  # short test videos: keep every frame
         return self._feats[f]
 
     def _obj(self, obj_id):

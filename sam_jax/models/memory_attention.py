@@ -55,16 +55,40 @@ class RoPEAttention(nn.Module):
         q = apply_rope(q, cos, sin)
         k = apply_rope_to_keys(k, cos, sin, num_k_rope)
 
-        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(jnp.asarray(hd, q.dtype))
-        if key_mask is not None:
-            valid = key_mask[:, None, None, :]
-            logits = jnp.where(valid, logits, jnp.finfo(logits.dtype).min)
-            # exact zeros for masked keys; a row with no valid key attends to nothing
-            probs = jnp.where(valid, jax.nn.softmax(logits, axis=-1), 0)
-        else:
-            probs = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhqk,bhkd->bqhd", probs, v).reshape(b, nq, d)
+        out = _attend(q, k, v, key_mask).reshape(b, nq, d)
         return nn.Dense(d, name="out_proj")(out)
+
+
+# Above this many attention logits per call, queries go in chunks (same result, row by row):
+# the (Nq, Nk) matrix of a 64x64 frame over a 7-frame memory bank is ~470 MB otherwise.
+_MAX_LOGITS = 1 << 25
+
+
+def _attend_rows(q, k, v, key_mask):
+    """q (B, H, nq, hd), k/v (B, H, Nk, hd), key_mask (B, Nk) or None -> (B, nq, H, hd)."""
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
+    if key_mask is not None:
+        valid = key_mask[:, None, None, :]
+        logits = jnp.where(valid, logits, jnp.finfo(logits.dtype).min)
+        # exact zeros for masked keys; a row with no valid key attends to nothing
+        probs = jnp.where(valid, jax.nn.softmax(logits, axis=-1), 0)
+    else:
+        probs = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum("bhqk,bhkd->bqhd", probs, v)
+
+
+def _attend(q, k, v, key_mask):
+    """Softmax attention, in query chunks when the logits matrix is large (each query row
+    is computed exactly as without chunks; this only bounds memory and helps CPU caches)."""
+    b, heads, nq, hd = q.shape
+    n = 1
+    while b * heads * (nq // n) * k.shape[2] > _MAX_LOGITS and nq % (2 * n) == 0:
+        n *= 2
+    if n == 1:
+        return _attend_rows(q, k, v, key_mask)
+    chunks = q.reshape(b, heads, n, nq // n, hd).transpose(2, 0, 1, 3, 4)
+    out = jax.lax.map(lambda qc: _attend_rows(qc, k, v, key_mask), chunks)
+    return out.transpose(1, 0, 2, 3, 4).reshape(b, nq, heads, hd)
 
 
 class MemoryAttentionLayer(nn.Module):

@@ -10,7 +10,9 @@ never recompile.
 Per step, each object's frame kind says: TRACK (run the tracker), COND (a conditioning
 frame of that object: its output was computed when prompted), or STORED (a prompted
 correction kept as a non-conditioning output: its memory and pointer come from `table`,
-indexed by `chunk.stored_idx`). Padding steps (`active` False) leave the bank untouched.
+indexed by `chunk.stored_idx`). A frame with nothing to track (every object COND or
+STORED) only files the stored entries, without running any network; padding steps
+(`active` False) leave the bank untouched.
 
 Where the image encoder runs is a flag: `encode_in_scan=True` puts it inside the scan
 body (the chunk carries the letterboxed uint8 frames), `False` expects features
@@ -24,8 +26,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from sam_jax.tracking.memory_bank import MemoryBank
+from sam_jax.tracking.memory_bank import MemoryBank, push
 from sam_jax.tracking.track_step import (
+    STORED,
+    TRACK,
     FrameInput,
     TrackOutput,
     encode_frames_impl,
@@ -88,28 +92,35 @@ def propagate_chunk(
     rows = jnp.arange(o)
 
     def step(bank: MemoryBank, x: Chunk):
+        k = jnp.clip(x.stored_idx, 0, table.feats.shape[1] - 1)
+        stored_feats, stored_ptrs = table.feats[rows, k], table.ptrs[rows, k]
+
         def run(bank):
             if x.images is not None:
                 vis, h0, h1 = model.apply(params, x.images[None], method=encode_frames_impl)
                 vis, h0, h1 = vis[0], h0[0], h1[0]
             else:
                 vis, h0, h1 = x.vision, x.high_res_0, x.high_res_1
-            k = jnp.clip(x.stored_idx, 0, table.feats.shape[1] - 1)
             frame = FrameInput(
                 frame_idx=x.frame_idx,
                 vision_features=vis,
                 high_res_0=h0,
                 high_res_1=h1,
                 kind=x.kind,
-                stored_feats=table.feats[rows, k],
-                stored_ptrs=table.ptrs[rows, k],
+                stored_feats=stored_feats,
+                stored_ptrs=stored_ptrs,
             )
             return model.apply(params, bank, frame, non_overlap_for_memory, method=track_step_impl)
+
+        def record(bank):  # no object to track here: only file the stored outputs
+            bank = push(bank, x.frame_idx, x.kind == STORED, stored_feats, stored_ptrs)
+            return bank, _zeros_output(bank, mask_size)
 
         def skip(bank):
             return bank, _zeros_output(bank, mask_size)
 
-        return jax.lax.cond(x.active, run, skip, bank)
+        branch = jnp.where(x.active, jnp.where(jnp.any(x.kind == TRACK), 2, 1), 0)
+        return jax.lax.switch(branch, (skip, record, run), bank)
 
     return jax.lax.scan(step, memory, chunk)
 

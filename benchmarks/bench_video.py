@@ -1,0 +1,258 @@
+"""SAM 2 video propagation: frames/s and peak memory, sam-jax vs the ultralytics loop.
+
+Same random sam2.1_t weights, same frames and prompt, same run. The reference is
+ultralytics 8.4.190's `SAM2Model.track_step` called frame by frame with the full history
+(tests/video_reference.py: Meta's semantics, nothing pruned, float32), each frame encoded
+by `forward_image`; sam-jax is `VideoPredictor.propagate_in_video` (letterbox, image
+encoder, tracking, logits at the original size), timed after one warm-up chunk compiled
+the scan. Memory: peak resident set size (ru_maxrss) of a fresh subprocess per
+(implementation, number of frames), so the growth from the shorter to the longer video is
+what each implementation keeps per frame.
+
+Run: .venv/bin/python benchmarks/bench_video.py [--image-size 1024 --frames 8]
+     [--memory-image-size 256 --memory-frames 50 200] [--skip-fps] [--skip-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+
+def synthetic_video(t: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Two moving shapes over a textured background, (t, h, w, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    out = np.empty((t, h, w, 3), np.uint8)
+    for i in range(t):
+        img = 90 + 40 * np.sin(xx / 17.0 + 0.2 * i)[..., None] * np.ones(3, np.float32)
+        cx, cy = w * (0.25 + 0.4 * (i % 100) / 100), h * 0.45
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < (0.1 * w) ** 2] = (220, 40, 40)
+        img[(np.abs(xx - 0.7 * w) < 0.08 * w) & (np.abs(yy - 0.7 * h) < 0.12 * h)] = (30, 200, 60)
+        out[i] = np.clip(img + rng.normal(0, 4, img.shape), 0, 255)
+    return out
+
+
+def prompts(h: int, w: int, n: int) -> list:
+    """(frame, obj_id, point) per object: objects prompted on different frames."""
+    pts = [(0.25 * w, 0.45 * h), (0.7 * w, 0.7 * h), (0.5 * w, 0.2 * h)]
+    return [(k, k + 1, pts[k % len(pts)]) for k in range(n)]
+
+
+def build_reference(image_size: int, seed: int = 0):
+    import torch  # noqa: F401
+
+    from sam_jax.config import variant_config
+    from tests.reference import randomize_
+    from tests.reference_sam2 import build_reference_sam2
+
+    cfg = variant_config("sam2.1_t", image_size)
+    ref = randomize_(build_reference_sam2(cfg), seed=seed)
+    with torch.no_grad():  # random weights: make objects found, so masks are not empty
+        ref.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 1.0
+    return cfg, ref
+
+
+def jax_weights(image_size: int, path: str) -> None:
+    """Convert the reference's random weights into a .safetensors file for sam-jax."""
+    import jax
+    from sam_jax.convert.keymap import state_dict_to_variables
+
+    import sam_jax
+    from sam_jax.checkpoint import build_from_config, variable_shapes
+
+    cfg, ref = build_reference(image_size)
+    model = build_from_config(cfg)
+    sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    params = state_dict_to_variables(sd, variable_shapes(model))
+    sam_jax.save(path, model, jax.device_get(params))
+
+
+def run_ours(weights: str, frames: np.ndarray, n_obj: int, chunk: int, history: str) -> dict:
+    import sam_jax
+
+    model, params = sam_jax.load(weights)
+    vp = sam_jax.VideoPredictor(model, params, chunk_size=chunk, progress=False)
+    state = vp.init_state(frames, history=history)
+    h, w = frames.shape[1:3]
+    for f, obj, pt in prompts(h, w, n_obj):
+        vp.add_new_points_or_box(state, f, obj, [pt], [1])
+    t0 = time.perf_counter()
+    for _ in vp.propagate_in_video(state, max_frame_num_to_track=0):
+        pass  # compiles the scan (one chunk with only the prompted frame active)
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    n = 0
+    for _, _, logits in vp.propagate_in_video(state):
+        n += 1
+        _ = logits  # dropped: a streaming consumer
+    dt = time.perf_counter() - t0
+    bank = vp.memory_state(state, frames.shape[0] - 1)
+    from sam_jax.tracking.memory_bank import bank_nbytes
+
+    return {
+        "frames": n,
+        "seconds": dt,
+        "fps": n / dt,
+        "warmup_s": warm,
+        "bank_bytes": bank_nbytes(bank),
+        "history_backend": state.history.backend,
+        "history_ram_bytes": state.history.ram_bytes(),
+    }
+
+
+def run_reference(image_size: int, frames: np.ndarray, n_obj: int) -> dict:
+    import torch
+
+    from sam_jax.transforms import letterbox, letterbox_geometry
+    from tests.video_reference import RefVideoTracker
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg, ref = build_reference(image_size)
+    h, w = frames.shape[1:3]
+    r = letterbox_geometry(h, w, image_size)[0]
+
+    class Boxed:  # normalised letterboxed frames, made on demand (not all kept)
+        shape = (len(frames), image_size, image_size, 3)
+
+        def __getitem__(self, i):
+            x = letterbox(frames[i], image_size).astype(np.float32)
+            return (x - np.float32(cfg.pixel_mean)) / np.float32(cfg.pixel_std)
+
+    tracker = RefVideoTracker(ref, np.zeros((1, image_size, image_size, 3), np.float32))
+    tracker.num_frames = len(frames)
+    boxed = Boxed()
+
+    def features(f):  # one frame's features at a time, as a streaming reference would
+        if f not in tracker._feats:
+            x = torch.from_numpy(np.ascontiguousarray(boxed[f].transpose(2, 0, 1)))[None]
+            with torch.no_grad():
+                out = ref.forward_image(x)
+                _, vis, pos, sizes = ref._prepare_backbone_features(out)
+            tracker._feats = {f: (vis, pos, sizes)}
+        return tracker._feats[f]
+
+    tracker._features = features
+    for f, obj, pt in prompts(h, w, n_obj):
+        tracker.add_points(obj, f, np.array([pt], np.float32) * np.float32(r), np.array([1]))
+    t0 = time.perf_counter()
+    n = 0
+    for _ in tracker.propagate():
+        n += 1
+    dt = time.perf_counter() - t0
+    return {"frames": n, "seconds": dt, "fps": n / dt}
+
+
+def child(args) -> None:
+    frames = synthetic_video(args.frames, args.height, args.width)
+    if args.child == "ours":
+        res = run_ours(args.weights, frames, args.objects, args.chunk, args.history)
+    else:
+        res = run_reference(args.image_size, frames, args.objects)
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def spawn(kind: str, args, frames: int, size: int, weights: str) -> dict:
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        kind,
+        "--frames",
+        str(frames),
+        "--image-size",
+        str(size),
+        "--height",
+        str(size * 3 // 4),
+        "--width",
+        str(size),
+        "--objects",
+        str(args.objects),
+        "--chunk",
+        str(args.chunk),
+        "--history",
+        args.history,
+        "--weights",
+        weights,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{kind} child failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--image-size", type=int, default=1024)
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--objects", type=int, default=1)
+    ap.add_argument("--chunk", type=int, default=8)
+    ap.add_argument("--history", default="auto")
+    ap.add_argument("--memory-image-size", type=int, default=256)
+    ap.add_argument("--memory-frames", type=int, nargs="+", default=[50, 200])
+    ap.add_argument("--skip-fps", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-reference-memory", action="store_true")
+    # internal: subprocess mode
+    ap.add_argument("--child", choices=["ours", "ref"])
+    ap.add_argument("--height", type=int)
+    ap.add_argument("--width", type=int)
+    ap.add_argument("--weights")
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    print(f"sam2.1_t, random weights, {args.objects} object(s), {os.cpu_count()} CPU cores")
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_fps:
+            s = args.image_size
+            w = os.path.join(tmp, f"w{s}.safetensors")
+            jax_weights(s, w)
+            ours = spawn("ours", args, args.frames, s, w)
+            ref = spawn("ref", args, args.frames, s, w)
+            print(
+                f"propagation at {s} px ({s * 3 // 4}x{s} frames), {args.frames} frames: "
+                f"sam-jax {ours['fps']:.3f} frames/s ({ours['seconds']:.1f} s; warm-up chunk "
+                f"incl. compile {ours['warmup_s']:.1f} s), ultralytics loop "
+                f"{ref['fps']:.3f} frames/s ({ref['seconds']:.1f} s): "
+                f"x{ours['fps'] / ref['fps']:.2f}",
+                flush=True,
+            )
+        if not args.skip_memory:
+            s = args.memory_image_size
+            w = os.path.join(tmp, f"w{s}.safetensors")
+            jax_weights(s, w)
+            kinds = ["ours"] + ([] if args.skip_reference_memory else ["ref"])
+            for kind in kinds:
+                for t in args.memory_frames:
+                    res = spawn(kind, args, t, s, w)
+                    extra = ""
+                    if kind == "ours":
+                        extra = (
+                            f", bank {res['bank_bytes'] / 2**20:.2f} MiB, history "
+                            f"{res['history_backend']} {res['history_ram_bytes'] / 2**20:.1f} MiB in RAM"
+                        )
+                    print(
+                        f"memory at {s} px, {t} frames: {kind:<4} peak RSS "
+                        f"{res['peak_rss_mb']:.0f} MB ({res['fps']:.2f} frames/s{extra})",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()
