@@ -50,8 +50,24 @@ class TinyViTConfig:
     num_classes: int = 1000
 
 
+class _Grid:
+    """Grid sizes every model config derives from its `image_size`."""
+
+    image_size: int
+
+    @property
+    def embed_size(self) -> int:
+        """Side of the image-embedding grid: the encoder's stride is 16."""
+        return self.image_size // 16
+
+    @property
+    def mask_input_size(self) -> int:
+        """Side of the low-res mask logits and of mask prompts: 4x the embedding grid."""
+        return 4 * self.embed_size
+
+
 @dataclasses.dataclass(frozen=True)
-class SamConfig:
+class SamConfig(_Grid):
     """A SAM model: image encoder + prompt encoder + two-way-transformer mask decoder."""
 
     encoder: Any = dataclasses.field(default_factory=ViTConfig)
@@ -67,15 +83,6 @@ class SamConfig:
     iou_head_hidden_dim: int = 256
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
-
-    @property
-    def embed_size(self) -> int:
-        """Side of the image-embedding grid: the encoder's stride is 16."""
-        return self.image_size // 16
-
-    @property
-    def mask_input_size(self) -> int:
-        return 4 * self.embed_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +109,7 @@ class HieraConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Sam2Config:
+class Sam2Config(_Grid):
     """A SAM 2 / 2.1 model: Hiera + FPN image encoder, SAM 2 heads and the memory modules."""
 
     encoder: Any = dataclasses.field(default_factory=HieraConfig)
@@ -134,20 +141,9 @@ class Sam2Config:
     # The official files hold {"model": state_dict}; convert/export.py writes them alike.
     wraps_state_dict: bool = True
 
-    @property
-    def embed_size(self) -> int:
-        """Side of the image-embedding grid: the backbone stride is 16."""
-        return self.image_size // 16
 
-    @property
-    def mask_input_size(self) -> int:
-        return 4 * self.embed_size
-
-
-ENCODER_TYPES: dict[str, type] = {"vit": ViTConfig, "tiny_vit": TinyViTConfig}
-ENCODER_TYPES["hiera"] = HieraConfig
-MODEL_TYPES: dict[str, type] = {"sam": SamConfig}
-MODEL_TYPES["sam2"] = Sam2Config
+ENCODER_TYPES: dict[str, type] = {"vit": ViTConfig, "tiny_vit": TinyViTConfig, "hiera": HieraConfig}
+MODEL_TYPES: dict[str, type] = {"sam": SamConfig, "sam2": Sam2Config}
 
 VARIANTS: dict[str, SamConfig] = {
     "sam_b": SamConfig(ViTConfig(768, 12, 12, (2, 5, 8, 11)), "sam_b"),
