@@ -17,9 +17,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from common import compile_time, median_time, report  # noqa: E402
 from reference import randomize_, to_nchw  # noqa: E402
+from sam_jax.convert.keymap import state_dict_to_variables  # noqa: E402
 
 from sam_jax.checkpoint import build, variable_shapes  # noqa: E402
-from sam_jax.convert.keymap import state_dict_to_variables  # noqa: E402
 
 
 def main() -> None:
@@ -49,7 +49,9 @@ def main() -> None:
     pts = np.array([[[400.0, 300.0]]], np.float32)
     lab = np.array([[1]], np.int32)
     predict = jax.jit(
-        lambda v, e, p, l: model.apply(v, e, point_coords=p, point_labels=l, method="predict_masks")
+        lambda v, e, p, lab: model.apply(
+            v, e, point_coords=p, point_labels=lab, method="predict_masks"
+        )
     )
     c = compile_time(predict, variables, emb, pts, lab)
     pts_t, lab_t = torch.from_numpy(pts), torch.from_numpy(lab)

@@ -49,15 +49,15 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 COMMANDS += (_add_segment,)
 
 
-def _add_demo_and_training(sub: argparse._SubParsersAction) -> None:
-    from sam_jax.cli_demo import add_parser
-    from sam_jax.cli_train import add_parsers
+def _add_track_demo_and_training(sub: argparse._SubParsersAction) -> None:
+    from sam_jax import cli_demo, cli_track, cli_train
 
-    add_parser(sub)
-    add_parsers(sub)
+    cli_track.add_parser(sub)
+    cli_demo.add_parser(sub)
+    cli_train.add_parsers(sub)
 
 
-COMMANDS += (_add_demo_and_training,)
+COMMANDS += (_add_track_demo_and_training,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,14 +11,22 @@ def _train(args: argparse.Namespace) -> None:
     from sam_jax.train.recipes import evaluate_sam, train_sam
 
     model, variables, log = train_sam(
-        args.variant, steps=args.steps, batch_size=args.batch_size, num_scenes=args.num_scenes,
-        learning_rate=args.lr, seed=args.seed, out=args.out, init_from=args.init_from,
+        args.variant,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        num_scenes=args.num_scenes,
+        learning_rate=args.lr,
+        seed=args.seed,
+        out=args.out,
+        init_from=args.init_from,
     )
     if args.log:
         Path(args.log).write_text(json.dumps(log, indent=1))
     last = log[-1]
-    print(f"step {last['step']}: loss {last['loss']:.4f}, train IoU (first prompt) "
-          f"{last['iou_first']:.3f}, after a correction {last['iou_last']:.3f}")
+    print(
+        f"step {last['step']}: loss {last['loss']:.4f}, train IoU (first prompt) "
+        f"{last['iou_first']:.3f}, after a correction {last['iou_last']:.3f}"
+    )
     print(f"held-out one-click mIoU: {evaluate_sam(model, variables, args.eval_images):.4f}")
     print(f"saved {args.out}")
 

@@ -34,10 +34,14 @@ stay in RAM.
 Where the image encoder runs, measured (2 shared CPU cores, sam2.1_t at 512 px, 2 objects,
 16 frames, chunks of 8, after compilation, two alternating runs per variant): inside the
 scan body 1.85 / 1.90 s per frame; ahead of each chunk, 1 frame per encoder call
-1.91 / 1.89 s, 2 frames per call 2.06 / 1.91 s. The same within noise: batching frames
-does not make the CPU encoder faster, while encoding ahead holds a chunk of float features
-(16 MB per frame at 1024 px) where the scan holds uint8 frames (3 MB). Default: inside the
-scan (`encode_in_scan=True`); frames where every object is prompted run no network at all.
+1.91 / 1.89 s, 2 frames per call 2.06 / 1.91 s. Speed is the same within noise (batching
+frames does not make the CPU encoder faster). Compilation decides: encoding ahead with 1
+frame per call reuses the encoder compiled for prompts, and each scan shape (a new bucket
+of objects or conditioning frames) compiles without the encoder (first propagation 10.2 s
+vs 12.9 s with the encoder in the scan, same run). The price is holding one chunk of float
+features (16 MB per frame at 1024 px) instead of uint8 frames (3 MB). Default: ahead,
+1 frame per call (`encode_in_scan=False, encode_batch=1`); `encode_in_scan=True` is the
+alternative. Frames where every object is prompted run no network at all.
 Propagation speed against the ultralytics `track_step` loop (full history, same weights,
 same run, benchmarks/bench_video.py): 1024 px, 16 frames, 1 object: 0.104 vs 0.061
 frames/s (x1.69).
@@ -150,6 +154,15 @@ class _Track:
     tracked: dict = field(default_factory=dict)  # frame -> tracked in reverse?
 
 
+def _remove_files(directory: str, objs: dict) -> None:
+    for o in objs.values():
+        for key in ("fd_mem", "fd_low"):
+            if key in o:
+                os.close(o[key])
+    objs.clear()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 class _History:
     """Non-conditioning outputs of every tracked frame, per object: pointer and score in
     RAM (a few hundred bytes per frame), spatial memory (g*g*64 floats) and low-res logits
@@ -160,10 +173,10 @@ class _History:
         self.t, self.g, self.m = num_frames, grid, mask_size
         self.backend = backend
         self._dir = None
+        self._objs: dict[int, dict] = {}
         if backend == "disk":
             self._dir = tempfile.mkdtemp(prefix="sam_jax_video_", dir=directory)
-            self._finalizer = weakref.finalize(self, shutil.rmtree, self._dir, True)
-        self._objs: dict[int, dict] = {}
+            self._finalizer = weakref.finalize(self, _remove_files, self._dir, self._objs)
 
     def _obj(self, key: int) -> dict:
         if key not in self._objs:
@@ -276,7 +289,7 @@ class VideoPredictor:
     docstring). All jitted functions count their traces in `trace_counts`.
 
     Options: chunk_size frames per compiled scan; encode_in_scan (image encoder inside the
-    scan, else batched ahead of each chunk); non_overlap_masks (outputs: each pixel kept
+    scan, else ahead of each chunk, encode_batch frames per call); non_overlap_masks (outputs: each pixel kept
     by the highest-scoring object only); non_overlap_for_memory (the same on the masks
     that are encoded into memory, across the objects tracked together);
     add_all_frames_to_correct_as_cond; history ("auto", "ram" or "disk": where per-frame
@@ -292,8 +305,8 @@ class VideoPredictor:
         params: Any,
         *,
         chunk_size: int = 8,
-        encode_in_scan: bool = True,
-        encode_batch: int = 2,
+        encode_in_scan: bool = False,
+        encode_batch: int = 1,
         non_overlap_masks: bool = False,
         non_overlap_for_memory: bool = False,
         add_all_frames_to_correct_as_cond: bool = False,

@@ -4,9 +4,13 @@ with the full history (tests/video_reference.py), every parameter and buffer ran
 Reduced SAM 2.1 and SAM 2.0 configs run whole sessions - objects prompted on different
 frames (points, box, mask), propagation, a correction followed by re-propagation, an object
 added after propagation, reverse tracking, letterboxed non-square frames - and compare
-every frame's logits. The full-size sam2.1_t architecture tracks 2 objects over 8 frames.
-Other tests: no recompilation when only prompt values change, the memory state's size is
-independent of the video length, frame sources, the non-overlap constraint.
+every frame's logits (relative error per object <= 1e-3, mask IoU >= 0.99). The full
+sam2.1_t architecture (at 256 px, for time) tracks 2 objects over 8 frames. The fixed-size
+bank's selection is checked against the reference's rules over 40-frame runs (ring
+wrap-around, both directions, both pointer-distance conventions). Other tests: the pure
+`track_step`, no recompilation when only prompt values change, the memory state's size is
+independent of the video length, disk vs RAM history, encoder inside vs ahead of the scan,
+frame sources, the non-overlap constraint and options.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ SMALL = {
     ),
     "2.0": Sam2Config(
         HieraConfig(24, 2, (1, 1, 2, 1), (3,), (8, 4, 6, 3), (14, 14)),
-        image_size=160,
+        image_size=128,
         sam2_1=False,
     ),
 }
@@ -211,7 +215,7 @@ def test_small_sam2_0_session_letterboxed():
     """2.0 (absolute pointer distances, 64-d encodings, no no_obj_embed_spatial) on
     non-square frames (letterboxed), reverse first, corrections made conditioning,
     max_frame_num_to_track."""
-    setup = _setup(SMALL["2.0"])
+    setup = _setup(SMALL["2.0"], score_shift=0.3)
     s = setup.cfg.image_size
     h, w = int(0.75 * s), s
     sess = Session(setup, _video(6, h, w, seed=1), add_all_frames_to_correct_as_cond=True)
@@ -280,14 +284,20 @@ def test_memory_state_size_independent_of_video_length():
 
 def test_disk_history_equals_ram_history(tmp_path):
     """The disk-backed history gives the same results as the in-RAM one (re-propagation
-    and a correction read it back), and its files go away with the session."""
+    and a correction read it back), and its files go away with the session; the image
+    encoder inside the scan gives the same results as encoding ahead."""
     setup = _setup(SMALL["2.1"], score_shift=1.0)
     s = setup.cfg.image_size
     video = _video(7, s, s)
     results = {}
     for backend in ("ram", "disk"):
-        vp = VideoPredictor(
-            setup.model, setup.params, chunk_size=4, progress=False, history_dir=str(tmp_path)
+        vp = VideoPredictor(  # the RAM run also takes the other encoder placement
+            setup.model,
+            setup.params,
+            chunk_size=4,
+            progress=False,
+            history_dir=str(tmp_path),
+            encode_in_scan=backend == "ram",
         )
         state = vp.init_state(video, history=backend)
         vp.add_new_points_or_box(state, 0, 1, [[30, 50]], [1])
@@ -326,6 +336,112 @@ def test_pure_track_step_matches_propagation():
     ours = vp._video_logits(state, np.asarray(out.low_res_masks[:2]))
     assert f == 4 and rel_err(ours, expected) <= 1e-5
     assert bool(new_bank.recent_valid[0, 4 % 6]) and int(new_bank.recent_frames[0, 4 % 6]) == 4
+
+
+def _reference_selection(idx, d, t, cond, noncond, signed):
+    """The memories and pointers the reference's _prepare_memory_conditioned_features
+    takes with the full history: {(frame, t_pos)} and {(frame, pointer distance)}."""
+    mem = {(c, 0) for c in cond}
+    for t_pos in range(1, 7):
+        f = idx - d * (7 - t_pos)
+        if f in noncond:
+            mem.add((f, t_pos))
+    ptr = {(c, d * (idx - c) if signed else abs(idx - c)) for c in cond if d * (idx - c) >= 0}
+    for k in range(1, min(t, 16)):
+        f = idx - d * k
+        if not 0 <= f < t:
+            break
+        if f in noncond:
+            ptr.add((f, k))
+    return mem, ptr
+
+
+@pytest.mark.parametrize(
+    "num_frames, reverse, signed", [(40, False, True), (40, True, True), (11, True, False)]
+)
+def test_memory_bank_selection_matches_reference_rules(num_frames, reverse, signed):
+    """Over long runs (ring wrap-around, pointer window min(T, 16)), started from a history
+    with gaps, conditioning frames inside the run and on either side: the valid bank
+    tokens decode to exactly the reference's memories and pointers for every frame."""
+    from sam_jax.models.position_encoding import sine_position_encoding
+    from sam_jax.tracking.memory_bank import empty_bank, memory_tokens, push
+
+    rng = np.random.default_rng(num_frames + reverse)
+    t, g, d = num_frames, 2, -1 if reverse else 1
+    cond = {int(x) for x in rng.choice(t, 3, replace=False)}
+    noncond = {int(f) for f in range(t) if f not in cond and rng.random() < 0.6}
+    start = int(rng.integers(t // 2, t)) if reverse else int(rng.integers(0, t // 2))
+    tpos = jnp.asarray(np.repeat(100.0 * np.arange(1, 8)[:, None], 64, axis=1), jnp.float32)
+    spatial = sine_position_encoding(g, g, 64)[0, 0, 0]
+
+    # the bank at `start`, as VideoPredictor._bank fills it from the history
+    bank = empty_bank(1, 4, g, num_frames=t, reverse=reverse)
+    for j, c in enumerate(sorted(cond)):
+        bank.cond_feats[0, j], bank.cond_ptrs[0, j] = c, c
+        bank.cond_frames[0, j], bank.cond_valid[0, j] = c, True
+    for k in range(1, 16):
+        f = start - d * k
+        if 0 <= f < t and f in noncond:
+            if k <= 6:
+                bank.recent_feats[0, f % 6], bank.recent_frames[0, f % 6] = f, f
+                bank.recent_valid[0, f % 6] = True
+            bank.ptr_vals[0, f % 15], bank.ptr_frames[0, f % 15] = f, f
+            bank.ptr_valid[0, f % 15] = True
+    bank = jax.tree_util.tree_map(jnp.asarray, bank)
+
+    @jax.jit
+    def decode(bank, idx):
+        mem, pos, mask, n_ptr = memory_tokens(
+            bank, idx, tpos, lambda p: jnp.repeat(p[..., None], 64, axis=-1), signed
+        )
+        return mem[0, :, 0], pos[0, :, 0], mask[0]
+
+    step_push = jax.jit(push)
+    hw = g * g
+    order = range(start, -1, -1) if reverse else range(start, t)
+    for idx in order:
+        mem, pos, mask = (np.asarray(x) for x in decode(bank, idx))
+        n_frame_tokens = (4 + 6) * hw
+        got_mem = {
+            (int(round(mem[i])), 6 - (int(round((pos[i] - spatial) / 100.0)) - 1))
+            for i in range(0, n_frame_tokens, hw)
+            if mask[i]
+        }
+        p_eff = min(t, 16)
+        got_ptr = {
+            (int(round(mem[i])), int(round(pos[i] * max(p_eff - 1, 1))))
+            for i in range(n_frame_tokens, mem.shape[0], 4)
+            if mask[i]
+        }
+        want_mem, want_ptr = _reference_selection(idx, d, t, cond, noncond, signed)
+        assert got_mem == want_mem, (idx, got_mem ^ want_mem)
+        assert got_ptr == want_ptr, (idx, got_ptr ^ want_ptr)
+        is_cond = idx in cond
+        feats = jnp.full((1, g, g, 64), float(idx))
+        bank = step_push(bank, idx, jnp.asarray([not is_cond]), feats, jnp.full((1, 256), idx))
+        if not is_cond:
+            noncond.add(idx)
+
+
+def test_non_overlap_options():
+    """non_overlap_masks: at most one object claims a pixel in the outputs;
+    non_overlap_for_memory runs (it changes what is encoded into memory)."""
+    setup = _setup(SMALL["2.1"], score_shift=1.0)
+    s = setup.cfg.image_size
+    kw = {"chunk_size": 4, "progress": False}
+    plain = VideoPredictor(setup.model, setup.params, **kw)
+    both = VideoPredictor(
+        setup.model, setup.params, non_overlap_masks=True, non_overlap_for_memory=True, **kw
+    )
+    outs = []
+    for vp in (plain, both):
+        state = vp.init_state(_video(5, s, s))
+        vp.add_new_points_or_box(state, 0, 1, [[30, 50]], [1])
+        vp.add_new_points_or_box(state, 1, 2, [[90, 80]], [1])
+        outs.append(np.stack([x[2] for x in vp.propagate_in_video(state)]))
+    assert ((outs[0] > 0).sum(axis=1) > 1).any()  # the objects overlap without the option
+    assert ((outs[1] > 0).sum(axis=1) <= 1).all()
+    assert not np.array_equal(outs[0][2:], outs[1][2:])
 
 
 def test_non_overlap_matches_reference():
@@ -371,3 +487,25 @@ def test_frame_sources(tmp_path):
 
 def test_bucket():
     assert [bucket(n) for n in (0, 1, 2, 3, 4, 5, 9)] == [1, 1, 2, 4, 4, 8, 16]
+
+
+def test_track_command_writes_masks_and_animation(tmp_path, capsys):
+    from PIL import Image
+
+    from sam_jax.checkpoint import save
+    from sam_jax.cli import main
+
+    s = _setup(SMALL["2.1"], score_shift=5.0)
+    ckpt = tmp_path / "small_sam2.safetensors"
+    save(ckpt, s.model, jax.device_get(s.params))
+    frames_dir = tmp_path / "frames"
+    frames_dir.mkdir()
+    for i, frame in enumerate(_video(5, 96, 128)):
+        Image.fromarray(frame).save(frames_dir / f"{i:03d}.png")
+    out = tmp_path / "out"
+    args = ["track", str(frames_dir), "--checkpoint", str(ckpt), "--frame", "2"]
+    assert main([*args, "--point", "40,40", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("mask_*.png")) == [f"mask_{i:05d}.png" for i in range(5)]
+    assert Image.open(out / "overlay.gif").n_frames == 5
+    assert main([*args[:-2], "--frame", "9", "--point", "1,1", "--out", str(out)]) == 1
+    assert "outside the video" in capsys.readouterr().err

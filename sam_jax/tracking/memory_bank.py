@@ -32,6 +32,7 @@ Token layout (the sequence axis given to MemoryAttention):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import flax.struct
 import jax.numpy as jnp
@@ -120,7 +121,7 @@ def memory_tokens(
     bank: MemoryBank,
     frame_idx: jnp.ndarray,
     maskmem_tpos_enc: jnp.ndarray,
-    ptr_tpos: callable,
+    ptr_tpos: Callable[[jnp.ndarray], jnp.ndarray],
     signed_ptr_tpos: bool,
     max_obj_ptrs: int = 16,
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, int]:

@@ -14,10 +14,10 @@ indexed by `chunk.stored_idx`). A frame with nothing to track (every object COND
 STORED) only files the stored entries, without running any network; padding steps
 (`active` False) leave the bank untouched.
 
-Where the image encoder runs is a flag: `encode_in_scan=True` puts it inside the scan
-body (the chunk carries the letterboxed uint8 frames), `False` expects features
-computed ahead (batched, `encode_frames`). See `sam_jax.video_predictor` for the
-measurements that chose the default.
+Where the image encoder runs is up to the chunk: with `images` (letterboxed uint8 frames)
+it runs inside the scan body; with `vision`/`high_res_*` the features were computed ahead
+(`encode_frames`). See `sam_jax.video_predictor` for the measurements behind the
+predictor's default (ahead).
 """
 
 from __future__ import annotations

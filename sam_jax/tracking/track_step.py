@@ -187,8 +187,9 @@ def track_step_impl(
     heads = m.forward_sam_heads(pix, high_res_features=hr, multimask_output=True)
     score = heads.object_score_logits[:, 0]
     high = heads.high_res_masks[:, 0, :, :, None]  # (O, S, S, 1)
-    if non_overlap_for_memory:
-        high = apply_non_overlapping_constraints(high, bank.cond_valid.any(axis=1))
+    if non_overlap_for_memory:  # among the objects tracked (not prompted) on this frame
+        tracked = bank.cond_valid.any(axis=1) & (frame.kind == TRACK)
+        high = apply_non_overlapping_constraints(high, tracked)
     vis_b = jnp.broadcast_to(vision[None], (o, *vision.shape))
     maskmem = encode_memory_impl(m, vis_b, high, score, binarize=False)
 

@@ -59,7 +59,9 @@ def sam_loss(
     Returns (scalar loss, metrics dict).
     """
     t = jnp.broadcast_to(target[:, None].astype(logits.dtype), logits.shape)
-    per_mask = focal_weight * focal_loss(logits, t, focal_alpha, focal_gamma) + dice_weight * dice_loss(logits, t)
+    per_mask = focal_weight * focal_loss(
+        logits, t, focal_alpha, focal_gamma
+    ) + dice_weight * dice_loss(logits, t)
     best = jnp.argmin(per_mask, axis=1)
     mask_loss = jnp.take_along_axis(per_mask, best[:, None], axis=1)[:, 0]
     actual_iou = jax.lax.stop_gradient(mask_iou(logits, t))

@@ -27,7 +27,12 @@ TRAIN_SEEDS = range(0, 1_000_000)
 HELDOUT_SEED0 = 10_000_000
 MIN_AREA_FRAC = 0.004
 # BCE + Dice: SAM's 20:1 focal:dice collapses to empty masks when training from scratch.
-FROM_SCRATCH_LOSS = {"focal_weight": 2.0, "focal_alpha": 0.5, "focal_gamma": 0.0, "dice_weight": 1.0}  # objects mostly hidden behind others are not prompted
+FROM_SCRATCH_LOSS = {
+    "focal_weight": 2.0,
+    "focal_alpha": 0.5,
+    "focal_gamma": 0.0,
+    "dice_weight": 1.0,
+}  # objects mostly hidden behind others are not prompted
 
 
 def normalise(images: np.ndarray, config) -> np.ndarray:

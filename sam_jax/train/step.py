@@ -142,7 +142,12 @@ def make_train_step(
             variables = {**state.variables, "params": params}
             cast = jax.tree.map(lambda x: x.astype(compute_dtype), variables)
             return loss_fn(
-                model, cast, images.astype(compute_dtype), targets, key, num_corrections,
+                model,
+                cast,
+                images.astype(compute_dtype),
+                targets,
+                key,
+                num_corrections,
                 **loss_weights,
             )
 
