@@ -7,7 +7,7 @@ by `forward_image`; sam-jax is `VideoPredictor.propagate_in_video` (letterbox, i
 encoder, tracking, logits at the original size), timed after one warm-up chunk compiled
 the scan. Memory: peak resident set size (ru_maxrss) of a fresh subprocess per
 (implementation, number of frames), so the growth from the shorter to the longer video is
-what each implementation keeps per frame.
+what each implementation keeps per frame (VmHWM of the child's own address space).
 
 Run: .venv/bin/python benchmarks/bench_video.py [--image-size 1024 --frames 8]
      [--memory-image-size 256 --memory-frames 50 200] [--skip-fps] [--skip-memory]
@@ -155,13 +155,27 @@ def run_reference(image_size: int, frames: np.ndarray, n_obj: int) -> dict:
     return {"frames": n, "seconds": dt, "fps": n / dt}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size. VmHWM belongs to the process's own address
+    space; ru_maxrss would also count the parent's size at fork time (Linux keeps it
+    across exec), which made every child report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(args) -> None:
     frames = synthetic_video(args.frames, args.height, args.width)
     if args.child == "ours":
         res = run_ours(args.weights, frames, args.objects, args.chunk, args.history)
     else:
         res = run_reference(args.image_size, frames, args.objects)
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(res), flush=True)
 
 

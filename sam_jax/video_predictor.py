@@ -31,20 +31,23 @@ the reference does) is kept in RAM for short videos and spilled to disk files fo
 ones (`history="auto"`, see `_History`); on disk, only a pointer and a score per frame
 stay in RAM.
 
-Where the image encoder runs, measured (2 shared CPU cores, sam2.1_t at 512 px, 2 objects,
-16 frames, chunks of 8, after compilation, two alternating runs per variant): inside the
+Where the image encoder runs, measured (2 shared CPU cores, sam2.1_t, after compilation):
+at 512 px, 2 objects, 16 frames, chunks of 8, two alternating runs per variant: inside the
 scan body 1.85 / 1.90 s per frame; ahead of each chunk, 1 frame per encoder call
-1.91 / 1.89 s, 2 frames per call 2.06 / 1.91 s. Speed is the same within noise (batching
-frames does not make the CPU encoder faster). Compilation decides: encoding ahead with 1
-frame per call reuses the encoder compiled for prompts, and each scan shape (a new bucket
-of objects or conditioning frames) compiles without the encoder (first propagation 10.2 s
-vs 12.9 s with the encoder in the scan, same run). The price is holding one chunk of float
-features (16 MB per frame at 1024 px) instead of uint8 frames (3 MB). Default: ahead,
-1 frame per call (`encode_in_scan=False, encode_batch=1`); `encode_in_scan=True` is the
-alternative. Frames where every object is prompted run no network at all.
+1.91 / 1.89 s, 2 frames per call 2.06 / 1.91 s - the same within noise (batching frames
+does not make the CPU encoder faster). At 256 px, 1 object, 50 frames, alternating runs:
+inside 8.1 / 8.1 s, ahead 9.2 / 8.1 s; peak RSS inside 1305 / 1314 MB, ahead 1106 /
+1112 MB (each encoder call is waited for: several in flight at once held their buffers
+together and peaked at 1675 MB). Ahead also compiles less: the encoder compiled for prompts
+is reused, and each new scan shape (another bucket of objects or conditioning frames)
+compiles without it (first propagation at 512 px: 10.2 s vs 12.9 s). Default: ahead, one
+frame per call (`encode_in_scan=False, encode_batch=1`); `encode_in_scan=True` remains an
+option (the tests check both give the same results). Frames where every object is
+prompted run no network at all.
 Propagation speed against the ultralytics `track_step` loop (full history, same weights,
-same run, benchmarks/bench_video.py): 1024 px, 16 frames, 1 object: 0.104 vs 0.061
-frames/s (x1.69).
+same run, benchmarks/bench_video.py), sam2.1_t at 1024 px, 1 object, 16 frames: 0.139 vs
+0.086 frames/s (x1.61); an earlier run with the encoder inside the scan: 0.104 vs 0.061
+(x1.69). The CPUs are shared with other jobs, so absolute numbers move between runs.
 """
 
 from __future__ import annotations
@@ -698,7 +701,8 @@ class VideoPredictor:
             batch = np.zeros((self.encode_batch, s, s, 3), np.uint8)
             for r, i in enumerate(idx):
                 batch[r] = self._letterboxed(state, frames[i])
-            out = self._encode(jnp.asarray(batch))
+            # waited for: encoder calls in flight at once would each hold their buffers
+            out = jax.block_until_ready(self._encode(jnp.asarray(batch)))
             for r, i in enumerate(idx):
                 vis[i], h0[i], h1[i] = out[0][r], out[1][r], out[2][r]
         chunk = chunk.replace(
