@@ -43,11 +43,16 @@ is reused, and each new scan shape (another bucket of objects or conditioning fr
 compiles without it (first propagation at 512 px: 10.2 s vs 12.9 s). Default: ahead, one
 frame per call (`encode_in_scan=False, encode_batch=1`); `encode_in_scan=True` remains an
 option (the tests check both give the same results). Frames where every object is
-prompted run no network at all.
+prompted run no network at all. (These were measured before the memory attention learnt
+to weight the 64-d memory before projecting it, which took it from 2.55 to 1.45 s per
+object and frame at 1024 px with 7 memory frames.)
+
 Propagation speed against the ultralytics `track_step` loop (full history, same weights,
-same run, benchmarks/bench_video.py), sam2.1_t at 1024 px, 1 object, 16 frames: 0.139 vs
-0.086 frames/s (x1.61); an earlier run with the encoder inside the scan: 0.104 vs 0.061
-(x1.69). The CPUs are shared with other jobs, so absolute numbers move between runs.
+same process, chunks of 8 frames run in turn so that load from other jobs on the shared
+CPUs hits both alike; benchmarks/bench_video.py), sam2.1_t at 1024 px, 1 object, 32
+frames: 0.325 vs 0.215 frames/s, x1.51 (x1.59 once all 6 recent-memory slots are in use:
+the reference attends to fewer memories on the first frames, this bank always to all its
+slots, masked). Sequential runs swung from x1.04 to x1.69 with the load of other jobs.
 """
 
 from __future__ import annotations
@@ -297,7 +302,8 @@ class VideoPredictor:
     that are encoded into memory, across the objects tracked together);
     add_all_frames_to_correct_as_cond; history ("auto", "ram" or "disk": where per-frame
     memories of tracked frames live; "auto" uses disk once one object's full history would
-    exceed history_ram_limit bytes); history_dir (parent folder of the disk files, default
+    exceed history_ram_limit bytes, 8 MiB by default: about 6 frames at 1024 px, 100 at
+    256 px; disk costs a 1.25 MB write per tracked frame and object at 1024 px); history_dir (parent folder of the disk files, default
     the system temp dir); feature_cache_size (frames whose features prompts reuse);
     progress (tqdm bar while propagating).
     """
@@ -314,7 +320,7 @@ class VideoPredictor:
         non_overlap_for_memory: bool = False,
         add_all_frames_to_correct_as_cond: bool = False,
         history: str = "auto",
-        history_ram_limit: int = 256 << 20,
+        history_ram_limit: int = 8 << 20,
         history_dir: str | None = None,
         feature_cache_size: int = 4,
         progress: bool = True,
