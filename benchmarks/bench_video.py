@@ -221,6 +221,7 @@ def child(args) -> None:
     else:
         res = run_reference(args.image_size, frames, args.objects)
     res["peak_rss_mb"] = peak_rss_mb()
+    res["input_mb"] = frames.nbytes / 2**20  # the decoded video the caller holds in RAM
     print("RESULT " + json.dumps(res), flush=True)
 
 
@@ -313,7 +314,9 @@ def main() -> None:
                         )
                     print(
                         f"memory at {s} px, {t} frames: {kind:<4} peak RSS "
-                        f"{res['peak_rss_mb']:.0f} MB ({res['fps']:.2f} frames/s{extra})",
+                        f"{res['peak_rss_mb']:.0f} MB, {res['peak_rss_mb'] - res['input_mb']:.0f} MB "
+                        f"without the input video array of {res['input_mb']:.0f} MB "
+                        f"({res['fps']:.2f} frames/s{extra})",
                         flush=True,
                     )
 

@@ -78,9 +78,12 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
         raise
 
 
-def save(path: str | os.PathLike, model: nn.Module, params: Mapping) -> None:
-    """Write variables to a .safetensors file with the variant and config in its metadata."""
+def save(path: str | os.PathLike, model: nn.Module, params: Mapping, half: bool = False) -> None:
+    """Write variables to a .safetensors file with the variant and config in its metadata.
+    half=True stores float32 arrays as float16 (half the size; `load` returns float32)."""
     flat = {"/".join(k): np.asarray(v) for k, v in flatten_dict(dict(params)).items()}
+    if half:
+        flat = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in flat.items()}
     meta = {"format": FORMAT, "variant": model.config.name, "config": config_to_json(model.config)}
     atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=meta))
 
@@ -103,6 +106,7 @@ def _load_safetensors(path: Path, variant: str | None, image_size: int | None):
     with safe_open(str(path), framework="numpy") as f:
         meta = f.metadata() or {}
         flat = {tuple(k.split("/")): f.get_tensor(k) for k in f.keys()}
+    flat = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in flat.items()}
     if variant is not None:
         config = variant_config(variant)
     elif meta.get("format") == FORMAT and "config" in meta:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> None:
-    from sam_jax.train.recipes import evaluate_sam, train_sam
+    from sam_jax.train.recipes import train_sam
 
     model, variables, log = train_sam(
         args.variant,
@@ -19,6 +19,8 @@ def _train(args: argparse.Namespace) -> None:
         seed=args.seed,
         out=args.out,
         init_from=args.init_from,
+        clip_len=args.clip_len,
+        half=args.half,
     )
     if args.log:
         Path(args.log).write_text(json.dumps(log, indent=1))
@@ -27,34 +29,59 @@ def _train(args: argparse.Namespace) -> None:
         f"step {last['step']}: loss {last['loss']:.4f}, train IoU (first prompt) "
         f"{last['iou_first']:.3f}, after a correction {last['iou_last']:.3f}"
     )
-    print(f"held-out one-click mIoU: {evaluate_sam(model, variables, args.eval_images):.4f}")
+    if "iou_tracked" in last:
+        print(f"train IoU on tracked frames {last['iou_tracked']:.3f}")
+    _report(args.out, model, variables, args.eval_images, args.eval_videos)
     print(f"saved {args.out}")
+
+
+def _report(name: str, model, variables, images: int, videos: int) -> None:
+    from sam_jax.config import Sam2Config
+    from sam_jax.train.recipes import evaluate_sam, evaluate_tracking
+
+    miou = evaluate_sam(model, variables, images)
+    print(f"{name}: held-out one-click mIoU over {images} scenes = {miou:.4f}")
+    if isinstance(model.config, Sam2Config):
+        res = evaluate_tracking(model, variables, videos)
+        print(
+            f"{name}: held-out tracking mIoU over {videos} videos of 16 frames, one click on "
+            f"frame 0 = {res['miou']:.4f} (frames 1-15: {res['miou_after_first']:.4f})"
+        )
+        print("  per frame: " + " ".join(f"{x:.3f}" for x in res["per_frame"]))
 
 
 def _eval(args: argparse.Namespace) -> None:
     from sam_jax.checkpoint import load
-    from sam_jax.train.recipes import evaluate_sam
 
     model, variables = load(args.checkpoint)
-    miou = evaluate_sam(model, variables, args.images)
-    print(f"{args.checkpoint}: held-out one-click mIoU over {args.images} scenes = {miou:.4f}")
+    _report(args.checkpoint, model, variables, args.images, args.videos)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-shapes", help="train a small SAM from scratch on synthetic shapes")
-    p.add_argument("--variant", default="sam_tiny_shapes")
+    p = sub.add_parser(
+        "train-shapes", help="train a small SAM or SAM 2 from scratch on synthetic shapes"
+    )
+    p.add_argument("--variant", default="sam_tiny_shapes", help="or sam2_tiny_shapes")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--num-scenes", type=int, default=800, help="pre-drawn training scenes")
+    p.add_argument(
+        "--num-scenes", type=int, default=800, help="pre-drawn training scenes (SAM 2: videos)"
+    )
+    p.add_argument("--clip-len", type=int, default=8, help="SAM 2: frames per training clip")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", default=None, help="continue from this checkpoint")
     p.add_argument("--eval-images", type=int, default=100)
+    p.add_argument("--eval-videos", type=int, default=20)
     p.add_argument("--log", default=None, help="write the training curve (JSON) here")
     p.add_argument("--out", required=True, help="output .safetensors")
+    p.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
     p.set_defaults(run=_train)
 
-    e = sub.add_parser("eval-shapes", help="one-click mIoU of a SAM model on held-out shapes")
+    e = sub.add_parser(
+        "eval-shapes", help="held-out one-click (and SAM 2: tracking) mIoU on synthetic shapes"
+    )
     e.add_argument("--checkpoint", default="sam_tiny_shapes", help="file or bundled name")
     e.add_argument("--images", type=int, default=100)
+    e.add_argument("--videos", type=int, default=20)
     e.set_defaults(run=_eval)

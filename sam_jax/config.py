@@ -133,6 +133,7 @@ class Sam2Config(_Grid):
     mem_dim: int = 64
     num_maskmem: int = 7
     memory_attention_layers: int = 4
+    memory_attention_mlp_dim: int = 2048
     max_obj_ptrs_in_encoder: int = 16
     sigmoid_scale_for_mem_enc: float = 20.0
     sigmoid_bias_for_mem_enc: float = -10.0
@@ -175,6 +176,17 @@ for _size, _hiera in _HIERA.items():
         _name = f"{_prefix}_{_size}"
         VARIANTS[_name] = Sam2Config(_hiera, _name, sam2_1=_is_2_1)
 del _size, _hiera, _prefix, _is_2_1, _name
+# Small SAM 2.1 trained here on synthetic videos (sam_jax/train/recipes.py), bundled.
+VARIANTS["sam2_tiny_shapes"] = Sam2Config(
+    HieraConfig(32, 1, (1, 1, 2, 1), (3,), (8, 4, 6, 3), (7, 7)),
+    "sam2_tiny_shapes",
+    image_size=128,
+    sam2_1=True,
+    decoder_mlp_dim=512,
+    iou_head_hidden_dim=128,
+    memory_attention_layers=2,
+    memory_attention_mlp_dim=512,
+)
 
 
 def variant_config(name: str, image_size: int | None = None) -> SamConfig:

@@ -45,7 +45,7 @@ def build_reference_sam2(cfg: Sam2Config) -> torch.nn.Module:
         d_model=cfg.d_model,
         pos_enc_at_input=True,
         num_layers=cfg.memory_attention_layers,
-        layer=MemoryAttentionLayer(),
+        layer=MemoryAttentionLayer(dim_feedforward=cfg.memory_attention_mlp_dim),
     )
     model = SAM2Model(
         image_encoder=ImageEncoder(trunk=trunk, neck=neck, scalp=cfg.scalp),

@@ -177,3 +177,58 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert not (tmp_path / "x.safetensors").exists()
     assert cli_main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "x.safetensors")]) == 1
     assert "no such" in capsys.readouterr().err
+
+
+def test_fine_tuned_decoder_exports_to_the_same_masks(small_ref, tmp_path):
+    """Fine-tune the decoder here, export to a torch file, load it strictly into a fresh
+    ultralytics module: its masks equal ours, and differ from the un-tuned model's."""
+    import jax
+    from sam_jax.convert.export import export_torch
+
+    from sam_jax.train.recipes import normalise
+    from sam_jax.train.step import TrainState, make_optimizer, make_train_step
+    from sam_jax.train.synthetic import scene
+
+    path = tmp_path / "small.pt"
+    torch.save(small_ref.state_dict(), path)
+    model = build_from_config(SMALL)
+    before = state_dict_to_variables(read_state_dict(path), _shapes())
+    images, targets = zip(*[scene(i, 256) for i in range(4)], strict=True)
+    x = normalise(np.stack(images), SMALL)
+    t = np.stack([m[0] for m in targets])
+    tx = make_optimizer(before["params"], "decoder", 1e-2)
+    step = make_train_step(model, tx, num_corrections=1)
+    state = TrainState.create(before, tx)
+    for i in range(3):
+        state, _ = step(state, x, t, jax.random.key(i))
+    tuned = jax.device_get(state.variables)
+    out = tmp_path / "tuned.pt"
+    export_torch(out, model, tuned)
+
+    fresh = build_reference_sam(build_reference_vit(SMALL.encoder), 256)
+    fresh.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    fresh.eval()
+    pts = np.array([[[60.0, 80.0]], [[150.0, 40.0]]], np.float32)
+    lab = np.ones((2, 1), np.int32)
+    ours, _ = model.apply(tuned, x[:2], point_coords=pts, point_labels=lab)
+    old, _ = model.apply(before, x[:2], point_coords=pts, point_labels=lab)
+    with torch.no_grad():
+        emb = fresh.image_encoder(to_nchw(x[:2]))
+        sp, de = fresh.prompt_encoder((torch.from_numpy(pts), torch.from_numpy(lab)), None, None)
+        theirs = [
+            fresh.mask_decoder(
+                emb[i : i + 1],
+                fresh.prompt_encoder.get_dense_pe(),
+                sp[i : i + 1],
+                de[i : i + 1],
+                True,
+            )[0]
+            for i in range(2)
+        ]
+    theirs = torch.cat(theirs).numpy()
+    assert rel_err(ours, theirs) <= 1e-4
+    np.testing.assert_array_equal(np.asarray(ours) > 0, theirs > 0)
+    assert rel_err(old, theirs) > 1e-2  # the export carries the fine-tuned decoder
+    enc = flatten_dict(before["params"]["image_encoder"])
+    for k, v in flatten_dict(tuned["params"]["image_encoder"]).items():
+        np.testing.assert_array_equal(v, enc[k])  # only the decoder trained

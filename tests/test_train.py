@@ -15,7 +15,7 @@ import pytest
 
 import sam_jax
 from sam_jax.checkpoint import build_from_config
-from sam_jax.config import SamConfig, ViTConfig
+from sam_jax.config import HieraConfig, Sam2Config, SamConfig, ViTConfig
 from sam_jax.train import clicks, losses
 from sam_jax.train.step import TrainState, make_optimizer, make_train_step
 from sam_jax.train.synthetic import scene, video
@@ -216,3 +216,62 @@ def test_demo_command_runs(tmp_path, capsys):
     assert "mean one-click IoU" in out
     for name in ("image.png", "overlay_clicks.png", "overlay_everything.png", "model.safetensors"):
         assert (tmp_path / name).is_file()
+
+
+TINY2 = Sam2Config(
+    HieraConfig(16, 1, (1, 1, 2, 1), (3,), (8, 4, 6, 3), (7, 7)),
+    image_size=64,
+    sam2_1=True,
+    decoder_mlp_dim=64,
+    iou_head_hidden_dim=32,
+    memory_attention_layers=1,
+    memory_attention_mlp_dim=64,
+)
+
+
+def test_clip_step_trains_through_the_tracking_memory():
+    """SAM 2 through the scan: frame 2's loss reaches the memory that frame 1 wrote inside
+    the scan (the temporal encoding of a memory one frame back, row 0 of maskmem_tpos_enc,
+    is used by nothing else), and steps on one clip lower its loss."""
+    from sam_jax.train.recipes import normalise
+    from sam_jax.train.video_step import clip_loss
+
+    model = build_from_config(TINY2)
+    variables = sam_jax.init_params(model, jax.random.key(0))
+    # objects found everywhere: "no object" would swap the pointers for no_obj_ptr
+    head = variables["params"]["sam_mask_decoder"]["pred_obj_score_head"]["layers_2"]
+    head["bias"] = head["bias"] + 10.0
+    frames, masks = video(5, 3, 64)
+    areas = masks[0].reshape(masks.shape[1], -1).sum(1)
+    clips = normalise(frames[None], TINY2)
+    targets = masks[None, :, int(np.argmax(areas))]
+    tx = make_optimizer(variables["params"], "all", 1e-3, weight_decay=0.0)
+    step = make_train_step(model, tx, num_corrections=1, loss_fn=clip_loss)
+    before = jax.tree.map(np.asarray, variables["params"])
+    state, met = step(TrainState.create(variables, tx), clips, targets, jax.random.key(1))
+    after = state.variables["params"]
+
+    def changed(*path):
+        a, b = before, after
+        for p in path:
+            a, b = a[p], b[p]
+        return float(np.abs(np.asarray(b) - a).max())
+
+    assert changed("maskmem_tpos_enc") > 0
+    assert (
+        float(
+            np.abs(np.asarray(after["maskmem_tpos_enc"][0]) - before["maskmem_tpos_enc"][0]).max()
+        )
+        > 0
+    )
+    for name in ("memory_encoder", "memory_attention", "obj_ptr_proj", "image_encoder"):
+        leaves = jax.tree.leaves(
+            jax.tree.map(lambda a, b: np.abs(np.asarray(b) - a).max(), before[name], after[name])
+        )
+        assert max(leaves) > 0, name
+    first = float(met["loss"])
+    for _ in range(8):
+        state, met = step(state, clips, targets, jax.random.key(1))
+    assert np.isfinite(first) and float(met["loss"]) < first
+    with pytest.raises(ValueError, match="clips must be"):
+        clip_loss(model, variables, clips[:, :1], targets[:, :1], jax.random.key(0))

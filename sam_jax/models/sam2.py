@@ -74,7 +74,11 @@ class Sam2(nn.Module):
             cfg.dynamic_multimask_stability_delta,
             cfg.dynamic_multimask_stability_thresh,
         )
-        self.memory_attention = MemoryAttention(d_model=d, num_layers=cfg.memory_attention_layers)
+        self.memory_attention = MemoryAttention(
+            d_model=d,
+            num_layers=cfg.memory_attention_layers,
+            dim_feedforward=cfg.memory_attention_mlp_dim,
+        )
         self.memory_encoder = MemoryEncoder(out_dim=mem)
         init = nn.initializers.truncated_normal(0.02)
         self.maskmem_tpos_enc = self.param(

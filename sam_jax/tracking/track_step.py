@@ -180,6 +180,15 @@ def track_step_impl(
     m, bank: MemoryBank, frame: FrameInput, non_overlap_for_memory: bool = False
 ) -> tuple[MemoryBank, TrackOutput]:
     """Track every object of the bank on one frame and record the frame in the bank."""
+    new_bank, out, _ = track_heads_impl(m, bank, frame, non_overlap_for_memory)
+    return new_bank, out
+
+
+def track_heads_impl(
+    m, bank: MemoryBank, frame: FrameInput, non_overlap_for_memory: bool = False
+) -> tuple[MemoryBank, TrackOutput, Any]:
+    """`track_step_impl` that also returns the SAM heads' full output (all candidate
+    masks and predicted IoUs), which training needs."""
     o = bank.num_objects
     vision = frame.vision_features
     pix = condition_on_memory(m, bank, frame.frame_idx, vision)
@@ -198,7 +207,7 @@ def track_step_impl(
     ptrs = jnp.where(stored, frame.stored_ptrs, heads.obj_ptr)
     new_bank = push(bank, frame.frame_idx, frame.kind != COND, feats, ptrs)
     out = TrackOutput(heads.low_res_masks[:, 0], heads.obj_ptr, score, maskmem)
-    return new_bank, out
+    return new_bank, out, heads
 
 
 def prompt_frame_impl(

@@ -19,9 +19,11 @@ import numpy as np
 from tqdm import tqdm
 
 from sam_jax.checkpoint import build, init_params, load, save
+from sam_jax.config import Sam2Config
 from sam_jax.models.resize import resize_bilinear
 from sam_jax.train.step import TrainState, make_optimizer, make_train_step
-from sam_jax.train.synthetic import scene
+from sam_jax.train.synthetic import scene, video
+from sam_jax.train.video_step import clip_loss
 
 TRAIN_SEEDS = range(0, 1_000_000)
 HELDOUT_SEED0 = 10_000_000
@@ -80,9 +82,14 @@ def train_sam(
     out: str | None = None,
     log_every: int = 100,
     init_from: str | None = None,
+    clip_len: int = 8,
+    half: bool = False,
 ) -> tuple[object, dict, list[dict]]:
-    """Train a SAM variant on synthetic shapes, from scratch or continuing from a checkpoint
-    (`init_from`). Returns (model, variables, log)."""
+    """Train a SAM or SAM 2 variant on synthetic data, from scratch or continuing from a
+    checkpoint (`init_from`). SAM trains on scenes (`interactive_loss`); SAM 2 on clips of
+    `clip_len` frames through the tracking scan (`clip_loss`), `num_scenes` videos drawn.
+    half=True saves float16 weights (`out`), and returns them as loaded back.
+    Returns (model, variables, log)."""
     if init_from:
         model, variables = load(init_from)
     else:
@@ -92,9 +99,16 @@ def train_sam(
     schedule = optax_schedule(learning_rate, steps)
     tx = make_optimizer(variables["params"], "all", schedule, weight_decay=0.01)
     state = TrainState.create(variables, tx)
-    step_fn = make_train_step(model, tx, num_corrections=1, **FROM_SCRATCH_LOSS)
-    pool = scene_pool(num_scenes, cfg.image_size, seed0=TRAIN_SEEDS.start)
-    data = batches(pool, batch_size, seed)
+    if isinstance(cfg, Sam2Config):
+        step_fn = make_train_step(
+            model, tx, num_corrections=1, loss_fn=clip_loss, **FROM_SCRATCH_LOSS
+        )
+        pool = video_pool(num_scenes, cfg.image_size, seed0=TRAIN_SEEDS.start)
+        data = clip_batches(pool, batch_size, clip_len, seed)
+    else:
+        step_fn = make_train_step(model, tx, num_corrections=1, **FROM_SCRATCH_LOSS)
+        pool = scene_pool(num_scenes, cfg.image_size, seed0=TRAIN_SEEDS.start)
+        data = batches(pool, batch_size, seed)
     key = jax.random.key(seed + 1)
     log, t0 = [], time.time()
     bar = tqdm(range(steps), desc=f"training {variant}")
@@ -105,15 +119,56 @@ def train_sam(
         state, met = step_fn(state, normalise(imgs, cfg), tgts, sub)
         acc.append(met)
         if (i + 1) % log_every == 0 or i + 1 == steps:
-            mean = {k: float(np.mean([float(m[k]) for m in acc])) for k in acc[0]}
+            mean = {k: float(np.nanmean([float(m[k]) for m in acc])) for k in acc[0]}
             mean.update(step=i + 1, seconds=round(time.time() - t0, 1))
             log.append(mean)
             bar.set_postfix(loss=f"{mean['loss']:.3f}", iou=f"{mean['iou_first']:.3f}")
             acc = []
     variables = jax.device_get(state.variables)
     if out:
-        save(out, model, variables)
+        save(out, model, variables, half=half)
+        if half:
+            model, variables = load(out)
     return model, variables, log
+
+
+def video_pool(
+    num_videos: int, size: int, num_frames: int = 16, seed0: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pre-drawn (frames (T, S, S, 3) uint8, masks (T, K, S, S) bool) videos."""
+    return [
+        video(seed0 + i, num_frames, size)
+        for i in tqdm(range(num_videos), desc="drawing videos", leave=False)
+    ]
+
+
+def clip_batches(
+    pool, batch_size: int, clip_len: int, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless (clips (B, T, S, S, 3) uint8, targets (B, T, S, S) bool): a random window
+    of a pooled video, played forward or backward, flipped / rotated alike in every frame,
+    following one object big enough to prompt on the window's first frame."""
+    rng = np.random.default_rng(seed)
+    while True:
+        clips, tgts = [], []
+        while len(clips) < batch_size:
+            frames, masks = pool[rng.integers(len(pool))]
+            t0 = rng.integers(len(frames) - clip_len + 1)
+            idx = np.arange(t0, t0 + clip_len)
+            if rng.random() < 0.5:
+                idx = idx[::-1]
+            areas = masks[idx[0]].reshape(masks.shape[1], -1).mean(1)
+            ok = np.nonzero(areas >= MIN_AREA_FRAC)[0]
+            if not len(ok):
+                continue
+            x, m = frames[idx], masks[idx, ok[rng.integers(len(ok))]]
+            k = rng.integers(4)
+            x, m = np.rot90(x, k, axes=(1, 2)), np.rot90(m, k, axes=(1, 2))
+            if rng.random() < 0.5:
+                x, m = x[:, :, ::-1], m[:, :, ::-1]
+            clips.append(x)
+            tgts.append(m)
+        yield np.stack(clips), np.stack(tgts)
 
 
 def optax_schedule(peak: float, steps: int):
@@ -154,7 +209,8 @@ def evaluate_sam(model, variables, num_images: int = 100, batch_size: int = 20) 
     @jax.jit
     def predict(variables, images, coords):
         labels = jnp.ones(coords.shape[:2], jnp.int32)
-        logits, iou = model.apply(variables, images, point_coords=coords, point_labels=labels)
+        # SAM returns (logits, iou); SAM 2 also the object score
+        logits, iou = model.apply(variables, images, point_coords=coords, point_labels=labels)[:2]
         best = jnp.argmax(iou, axis=1)
         low = jnp.take_along_axis(logits, best[:, None, None, None], 1)[:, 0]
         return resize_bilinear(low[..., None], (s, s))[..., 0] > 0
@@ -167,3 +223,38 @@ def evaluate_sam(model, variables, num_images: int = 100, batch_size: int = 20) 
         for p, t in zip(pred, tgts[j : j + batch_size], strict=True):
             ious.append((p & t).sum() / max((p | t).sum(), 1))
     return float(np.mean(ious))
+
+
+def evaluate_tracking(
+    model, variables, num_videos: int = 20, num_frames: int = 16
+) -> dict[str, float]:
+    """Mean tracking IoU on held-out videos: one positive click on frame 0 (the innermost
+    pixel of an object big enough to prompt), `VideoPredictor` propagation, IoU of
+    (logits > 0) against the exact visible mask on every frame (1 where both are empty).
+    Returns {"miou": over all frames and videos, "miou_after_first": frames 1..T-1,
+    "per_frame": list of per-frame means}."""
+    from sam_jax.video_predictor import VideoPredictor
+
+    vp = VideoPredictor(model, variables, progress=False)
+    rng = np.random.default_rng(0)
+    table = []
+    for i in range(num_videos):
+        frames, masks = video(HELDOUT_SEED0 + i, num_frames, model.config.image_size)
+        areas = masks[0].reshape(masks.shape[1], -1).mean(1)
+        ok = np.nonzero(areas >= MIN_AREA_FRAC)[0]
+        obj = ok[rng.integers(len(ok))] if len(ok) else int(np.argmax(areas))
+        state = vp.init_state(frames)
+        vp.add_new_points_or_box(state, 0, 1, [innermost_pixel(masks[0, obj])], [1])
+        row = np.zeros(num_frames)
+        for f, _, logits in vp.propagate_in_video(state):
+            p, t = logits[0] > 0, masks[f, obj]
+            union = (p | t).sum()
+            row[f] = (p & t).sum() / union if union else 1.0
+        vp.close(state)
+        table.append(row)
+    table = np.asarray(table)
+    return {
+        "miou": float(table.mean()),
+        "miou_after_first": float(table[:, 1:].mean()),
+        "per_frame": [float(x) for x in table.mean(0)],
+    }

@@ -25,9 +25,10 @@ from sam_jax.train.clicks import corrective_click, first_prompt
 from sam_jax.train.losses import sam_loss
 
 # Which top-level modules train under each choice.
+# (SAM's module names, then SAM 2's.)
 TRAINABLE = {
-    "decoder": ("mask_decoder",),
-    "prompt_decoder": ("prompt_encoder", "mask_decoder"),
+    "decoder": ("mask_decoder", "sam_mask_decoder"),
+    "prompt_decoder": ("prompt_encoder", "mask_decoder", "sam_prompt_encoder", "sam_mask_decoder"),
     "all": None,  # everything
 }
 
