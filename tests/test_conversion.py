@@ -115,6 +115,13 @@ def test_save_load_identical(small_file, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
+    half = tmp_path / "half.safetensors"
+    sam_jax.save(half, model, variables, half=True)
+    assert half.stat().st_size < 0.6 * out.stat().st_size
+    _, variables3 = sam_jax.load(half)
+    for k, v in flatten_dict(variables3).items():
+        assert v.dtype == a[k].dtype
+        np.testing.assert_array_equal(v, np.asarray(a[k]).astype(np.float16).astype(v.dtype))
 
 
 def test_interrupted_save_leaves_no_file(small_file, tmp_path, monkeypatch):

@@ -214,7 +214,14 @@ def test_demo_command_runs(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--points-per-side", "4"]) == 0
     out = capsys.readouterr().out
     assert "mean one-click IoU" in out
-    for name in ("image.png", "overlay_clicks.png", "overlay_everything.png", "model.safetensors"):
+    assert "video: bundled model 'sam2_tiny_shapes'" in out
+    for name in (
+        "image.png",
+        "overlay_clicks.png",
+        "overlay_everything.png",
+        "model.safetensors",
+        "video_strip.png",
+    ):
         assert (tmp_path / name).is_file()
 
 
