@@ -316,7 +316,9 @@ def _reference_keys(name: str) -> tuple[int, int, dict[str, tuple[int, ...]]]:
     return int(counts["params"]), int(counts["keys"]), shapes
 
 
-@pytest.mark.parametrize("name", [n for n in VARIANTS if n.startswith("sam2")])
+@pytest.mark.parametrize(
+    "name", [n for n in VARIANTS if n.startswith("sam2") and not n.endswith("_shapes")]
+)
 def test_convert_variant(name: str, tmp_path):
     """A file the reference wrote loads strictly, detected from its keys alone."""
     n_params, n_keys, shapes = _reference_keys(name)
