@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> None:
     from sam_jax.checkpoint import load, save
     from sam_jax.cli_segment import overlay
     from sam_jax.predictor import Predictor
-    from sam_jax.train.recipes import MIN_AREA_FRAC, innermost_pixel
+    from sam_jax.train.recipes import innermost_pixel, promptable
     from sam_jax.train.synthetic import scene
 
     out = Path(args.out)
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"model: {what}, saved and reloaded from {out / 'model.safetensors'}")
 
     image, masks = scene(DEMO_SEED, 320)  # not the model's size: the predictor letterboxes
-    masks = masks[masks.reshape(len(masks), -1).mean(1) >= MIN_AREA_FRAC]
+    masks = masks[promptable(masks)]
     Image.fromarray(image).save(out / "image.png")
     predictor = Predictor(model, params)
     predictor.set_image(image)
@@ -88,13 +88,13 @@ def _video(args: argparse.Namespace, out: Path) -> None:
     from PIL import Image
 
     from sam_jax.cli_segment import overlay
-    from sam_jax.train.recipes import MIN_AREA_FRAC, innermost_pixel
+    from sam_jax.train.recipes import innermost_pixel, iou_or_one, promptable
     from sam_jax.train.synthetic import video
     from sam_jax.video_predictor import VideoPredictor
 
     (model, params), what = _model(args.video_model)
     frames, masks = video(DEMO_SEED, args.frames, model.config.image_size)
-    objs = np.nonzero(masks[0].reshape(masks.shape[1], -1).mean(1) >= MIN_AREA_FRAC)[0]
+    objs = promptable(masks[0])
     vp = VideoPredictor(model, params, progress=False)
     state = vp.init_state(frames)
     for k in objs:
@@ -102,9 +102,7 @@ def _video(args: argparse.Namespace, out: Path) -> None:
     ious, strip = [], []
     for f, ids, logits in vp.propagate_in_video(state):
         pred = logits > 0
-        for p, k in zip(pred, ids, strict=True):
-            union = (p | masks[f, k]).sum()
-            ious.append((p & masks[f, k]).sum() / union if union else 1.0)
+        ious += [iou_or_one(p, masks[f, k]) for p, k in zip(pred, ids, strict=True)]
         if f % 3 == 0:
             strip.append(overlay(frames[f], list(pred)))
     vp.close(state)

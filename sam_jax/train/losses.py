@@ -76,3 +76,11 @@ def object_score_loss(object_score_logits: jnp.ndarray, present: jnp.ndarray) ->
     return optax.sigmoid_binary_cross_entropy(
         object_score_logits[:, 0], present.astype(jnp.float32)
     )
+
+
+def soft_targets(targets: jnp.ndarray) -> jnp.ndarray:
+    """Bool masks (..., S, S) -> each 4x4 block's foreground fraction (..., S/4, S/4): the
+    target at the logits' resolution."""
+    s = targets.shape[-1]
+    x = targets.astype(jnp.float32).reshape(*targets.shape[:-2], s // 4, 4, s // 4, 4)
+    return x.mean(axis=(-3, -1))

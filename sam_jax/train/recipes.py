@@ -37,6 +37,23 @@ FROM_SCRATCH_LOSS = {
 }  # objects mostly hidden behind others are not prompted
 
 
+def promptable(masks: np.ndarray) -> np.ndarray:
+    """Indices of the masks (K, H, W) big enough to prompt (area >= MIN_AREA_FRAC)."""
+    return np.nonzero(masks.reshape(len(masks), -1).mean(1) >= MIN_AREA_FRAC)[0]
+
+
+def iou_or_one(pred: np.ndarray, target: np.ndarray) -> float:
+    """IoU of two bool masks; 1 when both are empty (an object correctly found absent)."""
+    union = (pred | target).sum()
+    return float((pred & target).sum() / union) if union else 1.0
+
+
+def pick_object(masks: np.ndarray, rng: np.random.Generator) -> int:
+    """A random promptable object of masks (K, H, W), else the largest one."""
+    ok = promptable(masks)
+    return int(ok[rng.integers(len(ok))]) if len(ok) else int(np.argmax(masks.sum((1, 2))))
+
+
 def normalise(images: np.ndarray, config) -> np.ndarray:
     """uint8 (..., 3) -> float32 normalised with the model's pixel mean / std."""
     mean = np.asarray(config.pixel_mean, np.float32)
@@ -49,8 +66,8 @@ def scene_pool(num_scenes: int, size: int, seed0: int = 0) -> list[tuple[np.ndar
     pool = []
     for i in tqdm(range(num_scenes), desc="drawing scenes", leave=False):
         img, masks = scene(seed0 + i, size)
-        keep = masks.reshape(len(masks), -1).mean(1) >= MIN_AREA_FRAC
-        if keep.any():
+        keep = promptable(masks)
+        if len(keep):
             pool.append((img, masks[keep]))
     return pool
 
@@ -157,8 +174,7 @@ def clip_batches(
             idx = np.arange(t0, t0 + clip_len)
             if rng.random() < 0.5:
                 idx = idx[::-1]
-            areas = masks[idx[0]].reshape(masks.shape[1], -1).mean(1)
-            ok = np.nonzero(areas >= MIN_AREA_FRAC)[0]
+            ok = promptable(masks[idx[0]])
             if not len(ok):
                 continue
             x, m = frames[idx], masks[idx, ok[rng.integers(len(ok))]]
@@ -199,9 +215,7 @@ def evaluate_sam(model, variables, num_images: int = 100, batch_size: int = 20) 
     rng = np.random.default_rng(0)
     for i in range(num_images):
         img, masks = scene(HELDOUT_SEED0 + i, s)
-        areas = masks.reshape(len(masks), -1).mean(1)
-        ok = np.nonzero(areas >= MIN_AREA_FRAC)[0]
-        m = masks[ok[rng.integers(len(ok))]] if len(ok) else masks[np.argmax(areas)]
+        m = masks[pick_object(masks, rng)]
         imgs.append(img)
         tgts.append(m)
         pts.append(innermost_pixel(m))
@@ -240,16 +254,12 @@ def evaluate_tracking(
     table = []
     for i in range(num_videos):
         frames, masks = video(HELDOUT_SEED0 + i, num_frames, model.config.image_size)
-        areas = masks[0].reshape(masks.shape[1], -1).mean(1)
-        ok = np.nonzero(areas >= MIN_AREA_FRAC)[0]
-        obj = ok[rng.integers(len(ok))] if len(ok) else int(np.argmax(areas))
+        obj = pick_object(masks[0], rng)
         state = vp.init_state(frames)
         vp.add_new_points_or_box(state, 0, 1, [innermost_pixel(masks[0, obj])], [1])
         row = np.zeros(num_frames)
         for f, _, logits in vp.propagate_in_video(state):
-            p, t = logits[0] > 0, masks[f, obj]
-            union = (p | t).sum()
-            row[f] = (p & t).sum() / union if union else 1.0
+            row[f] = iou_or_one(logits[0] > 0, masks[f, obj])
         vp.close(state)
         table.append(row)
     table = np.asarray(table)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from sam_jax.train.clicks import corrective_click, first_prompt
-from sam_jax.train.losses import sam_loss
+from sam_jax.train.losses import sam_loss, soft_targets
 
 # Which top-level modules train under each choice.
 # (SAM's module names, then SAM 2's.)
@@ -89,9 +89,7 @@ def interactive_loss(
     Losses and error regions are taken at the logits' resolution (S/4), against the target's
     4x4 area average, which keeps the step cheap.
     """
-    b, s = images.shape[0], images.shape[1]
-    r4 = s // 4
-    soft = targets.astype(jnp.float32).reshape(b, r4, 4, r4, 4).mean(axis=(2, 4))
+    soft = soft_targets(targets)
     emb = model.apply(variables, images, method="encode_image")
     keys = jax.random.split(key, num_corrections + 1)
     coords, labels = first_prompt(keys[0], targets)

@@ -34,7 +34,7 @@ from sam_jax.tracking.track_step import (
     track_heads_impl,
 )
 from sam_jax.train.clicks import corrective_click, sample_pixel
-from sam_jax.train.losses import object_score_loss, sam_loss
+from sam_jax.train.losses import object_score_loss, sam_loss, soft_targets
 
 
 def _frame_loss(heads, soft: jnp.ndarray, multimask: bool, loss_weights: dict):
@@ -152,14 +152,13 @@ def clip_loss(
     (B, T, S, S) bool (one object per clip, visible on frame 0). T >= 2.
 
     All B * T frames are encoded in one batch; the clips are then vmapped."""
-    b, t, s = clips.shape[:3]
-    if clips.ndim != 5 or targets.shape != clips.shape[:4] or t < 2:
+    if clips.ndim != 5 or targets.shape != clips.shape[:4] or clips.shape[1] < 2:
         raise ValueError(
             f"clips must be (B, T>=2, S, S, 3) and targets (B, T, S, S); got {clips.shape} "
             f"and {targets.shape}"
         )
-    r4 = s // 4
-    soft = targets.astype(jnp.float32).reshape(b, t, r4, 4, r4, 4).mean(axis=(3, 5))
+    b, t, s = clips.shape[:3]
+    soft = soft_targets(targets)
     feats = model.apply(variables, clips.reshape(b * t, s, s, 3), method="encode_image")
     vision = feats["vision_features"]
     hr0, hr1 = feats["high_res_features"]
