@@ -21,6 +21,9 @@ def _train(args: argparse.Namespace) -> None:
         init_from=args.init_from,
         clip_len=args.clip_len,
         half=args.half,
+        objects_per_image=args.objects_per_image,
+        num_corrections=args.corrections,
+        box_prob=args.box_prob,
     )
     if args.log:
         Path(args.log).write_text(json.dumps(log, indent=1))
@@ -67,7 +70,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--num-scenes", type=int, default=800, help="pre-drawn training scenes (SAM 2: videos)"
     )
-    p.add_argument("--clip-len", type=int, default=8, help="SAM 2: frames per training clip")
+    p.add_argument(
+        "--clip-len",
+        type=int,
+        default=8,
+        help="SAM 2: frames per training clip; 1 trains on single scenes (image mode)",
+    )
+    p.add_argument(
+        "--objects-per-image",
+        type=int,
+        default=4,
+        help="objects prompted per encoded scene or clip",
+    )
+    p.add_argument("--corrections", type=int, default=1, help="corrective clicks per prompt")
+    p.add_argument(
+        "--box-prob", type=float, default=0.5, help="scenes: chance the first prompt is a box"
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", default=None, help="continue from this checkpoint")

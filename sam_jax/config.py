@@ -26,6 +26,11 @@ class ViTConfig:
     # The image size the stored position tables were trained at; other sizes resize them.
     pretrain_image_size: int = 1024
 
+    @property
+    def stride(self) -> int:
+        """Pixels per side of one embedding cell: one patch."""
+        return self.patch_size
+
 
 @dataclasses.dataclass(frozen=True)
 class TinyViTConfig:
@@ -48,17 +53,20 @@ class TinyViTConfig:
     pretrain_image_size: int = 1024
     # Size of the (unused by SAM) ImageNet head stored in the checkpoints; 0 = no head.
     num_classes: int = 1000
+    stride = 16  # pixels per side of one embedding cell
 
 
 class _Grid:
     """Grid sizes every model config derives from its `image_size`."""
 
     image_size: int
+    encoder: Any
 
     @property
     def embed_size(self) -> int:
-        """Side of the image-embedding grid: the encoder's stride is 16."""
-        return self.image_size // 16
+        """Side of the image-embedding grid: S / the encoder's stride (16 in every
+        reference variant; a ViT's patch size)."""
+        return self.image_size // self.encoder.stride
 
     @property
     def mask_input_size(self) -> int:
@@ -101,6 +109,7 @@ class HieraConfig:
     dim_mul: float = 2.0
     head_mul: float = 2.0
     mlp_ratio: float = 4.0
+    stride = 16  # of the features the heads read (the FPN drops the coarsest level)
 
     @property
     def channel_list(self) -> tuple[int, ...]:

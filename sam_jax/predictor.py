@@ -276,7 +276,7 @@ class Predictor:
         self.model = model
         self.params = params
         self.image_size = int(model.config.image_size)
-        self.mask_size = self.image_size // 4
+        self.mask_size = int(model.config.mask_input_size)
         self.reset_image()
 
     def _decoder_cache(self, features):

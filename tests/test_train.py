@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -236,15 +237,21 @@ TINY2 = Sam2Config(
 )
 
 
-def test_clip_step_trains_through_the_tracking_memory():
+@pytest.fixture(scope="module")
+def tiny_sam2():
+    model = build_from_config(TINY2)
+    return model, sam_jax.init_params(model, jax.random.key(0))
+
+
+def test_clip_step_trains_through_the_tracking_memory(tiny_sam2):
     """SAM 2 through the scan: frame 2's loss reaches the memory that frame 1 wrote inside
     the scan (the temporal encoding of a memory one frame back, row 0 of maskmem_tpos_enc,
     is used by nothing else), and steps on one clip lower its loss."""
     from sam_jax.train.recipes import normalise
     from sam_jax.train.video_step import clip_loss
 
-    model = build_from_config(TINY2)
-    variables = sam_jax.init_params(model, jax.random.key(0))
+    model, variables = tiny_sam2
+    variables = jax.tree.map(np.array, variables)
     # objects found everywhere: "no object" would swap the pointers for no_obj_ptr
     head = variables["params"]["sam_mask_decoder"]["pred_obj_score_head"]["layers_2"]
     head["bias"] = head["bias"] + 10.0
@@ -282,3 +289,61 @@ def test_clip_step_trains_through_the_tracking_memory():
     assert np.isfinite(first) and float(met["loss"]) < first
     with pytest.raises(ValueError, match="clips must be"):
         clip_loss(model, variables, clips[:, :1], targets[:, :1], jax.random.key(0))
+
+
+def test_several_objects_per_image_equal_repeating_the_image():
+    """K objects per image (targets (B, K, S, S)): the image is encoded once, and the loss
+    is exactly that of the image repeated K times with one object each."""
+    from sam_jax.train.step import interactive_loss
+
+    model = build_from_config(TINY)
+    variables = sam_jax.init_params(model, jax.random.key(0))
+    x, _ = _batch(2)
+    objs = np.stack([scene(i, 64)[1][:2] for i in range(2)])  # (2, K=2, S, S)
+    loss = jax.jit(lambda x, t: interactive_loss(model, variables, x, t, jax.random.key(3), 1))
+    shared, met = loss(x, objs)
+    repeated, met_r = loss(np.repeat(x, 2, axis=0), objs.reshape(4, 64, 64))
+    np.testing.assert_allclose(float(shared), float(repeated), rtol=1e-5)
+    np.testing.assert_allclose(float(met["iou_last"]), float(met_r["iou_last"]), rtol=1e-5)
+
+
+def test_sam2_trains_in_image_mode_and_on_several_objects_per_clip(tiny_sam2):
+    """SAM 2 in image mode goes through the same interactive step as SAM (plus the
+    object-score loss); a clip with K objects gives the loss of the clip repeated K times."""
+    from sam_jax.train.recipes import normalise
+    from sam_jax.train.video_step import clip_loss
+
+    model, variables = tiny_sam2
+    tx = make_optimizer(variables["params"], "all", 1e-3, weight_decay=0.0)
+    step = make_train_step(model, tx, num_corrections=1)
+    x, t = _batch(2)
+    state, met = step(TrainState.create(variables, tx), x, t[:, None], jax.random.key(1))
+    assert np.isfinite(float(met["loss"]))
+    changed = jax.tree.map(
+        lambda a, b: float(np.abs(np.asarray(a) - b).max()),
+        variables["params"]["sam_mask_decoder"],
+        state.variables["params"]["sam_mask_decoder"],
+    )
+    assert max(jax.tree.leaves(changed)) > 0
+
+    frames, masks = video(5, 3, 64)
+    clip = normalise(frames[None], TINY2)
+    two = masks[None, :, :2]  # (1, T, K=2, S, S)
+    loss = jax.jit(lambda v, c, t: clip_loss(model, v, c, t, jax.random.key(2)))
+    shared, _ = loss(variables, clip, two)
+    repeated, _ = loss(variables, np.repeat(clip, 2, axis=0), np.moveaxis(two[0], 1, 0))
+    np.testing.assert_allclose(float(shared), float(repeated), rtol=1e-5)
+
+
+def test_vit_patch_size_sets_the_embedding_grid():
+    """A ViT with 8-px patches: the embedding grid, prompt grid and mask logits follow."""
+    cfg = dataclasses.replace(TINY, encoder=dataclasses.replace(TINY.encoder, patch_size=8))
+    assert (cfg.embed_size, cfg.mask_input_size) == (8, 32)
+    model = build_from_config(cfg)
+    variables = sam_jax.init_params(model, jax.random.key(0))
+    x, _ = _batch(1)
+    emb = model.apply(variables, x, method="encode_image")
+    logits, iou = model.apply(
+        variables, x, point_coords=np.array([[[20.0, 30.0]]]), point_labels=np.array([[1]])
+    )
+    assert emb.shape == (1, 8, 8, 32) and logits.shape == (1, 3, 32, 32)

@@ -47,13 +47,14 @@ class PromptEncoder(nn.Module):
     """Encodes prompts for the mask decoder.
 
     point_coords (B, N, 2) pixels with point_labels (B, N) in {-1, 0, 1, 2, 3};
-    boxes (B, 4) xyxy; mask_inputs (B, m, m, 1) logits (resized to S/4 if m differs).
-    Returns sparse (B, N' , D) and dense (B, S/16, S/16, D) embeddings.
+    boxes (B, 4) xyxy; mask_inputs (B, m, m, 1) logits (resized to 4g if m differs).
+    Returns sparse (B, N' , D) and dense (B, g, g, D) embeddings, g = S / stride (S/16).
     """
 
     embed_dim: int
     image_size: int
     mask_in_chans: int = 16
+    stride: int = 16  # the image encoder's: pixels per embedding cell
 
     def setup(self) -> None:
         d = self.embed_dim
@@ -70,7 +71,7 @@ class PromptEncoder(nn.Module):
 
     @property
     def embed_size(self) -> int:
-        return self.image_size // 16
+        return self.image_size // self.stride
 
     def dense_pe(self) -> jnp.ndarray:
         """Positional encoding of the image-embedding grid: (S/16, S/16, D)."""

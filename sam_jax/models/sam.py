@@ -56,7 +56,9 @@ class Sam(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         self.image_encoder = ENCODERS[type(cfg.encoder)](cfg.encoder, remat=self.remat)
-        self.prompt_encoder = PromptEncoder(cfg.prompt_embed_dim, cfg.image_size, cfg.mask_in_chans)
+        self.prompt_encoder = PromptEncoder(
+            cfg.prompt_embed_dim, cfg.image_size, cfg.mask_in_chans, cfg.encoder.stride
+        )
         self.mask_decoder = MaskDecoder(
             cfg.prompt_embed_dim,
             cfg.num_multimask_outputs,

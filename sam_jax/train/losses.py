@@ -78,9 +78,10 @@ def object_score_loss(object_score_logits: jnp.ndarray, present: jnp.ndarray) ->
     )
 
 
-def soft_targets(targets: jnp.ndarray) -> jnp.ndarray:
-    """Bool masks (..., S, S) -> each 4x4 block's foreground fraction (..., S/4, S/4): the
-    target at the logits' resolution."""
+def soft_targets(targets: jnp.ndarray, size: int) -> jnp.ndarray:
+    """Bool masks (..., S, S) -> each block's foreground fraction (..., size, size): the
+    target at the logits' resolution (size divides S)."""
     s = targets.shape[-1]
-    x = targets.astype(jnp.float32).reshape(*targets.shape[:-2], s // 4, 4, s // 4, 4)
+    f = s // size
+    x = targets.astype(jnp.float32).reshape(*targets.shape[:-2], size, f, size, f)
     return x.mean(axis=(-3, -1))

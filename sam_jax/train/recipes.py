@@ -10,6 +10,7 @@ against the exact mask at image resolution.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from sam_jax.checkpoint import build, init_params, load, save
 from sam_jax.config import Sam2Config
 from sam_jax.models.resize import resize_bilinear
-from sam_jax.train.step import TrainState, make_optimizer, make_train_step
+from sam_jax.train.step import TrainState, interactive_loss, make_optimizer, make_train_step
 from sam_jax.train.synthetic import scene, video
 from sam_jax.train.video_step import clip_loss
 
@@ -72,18 +73,23 @@ def scene_pool(num_scenes: int, size: int, seed0: int = 0) -> list[tuple[np.ndar
     return pool
 
 
-def batches(pool, batch_size: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless (images (B, S, S, 3) uint8, targets (B, S, S) bool) with flip/rot augmentation."""
+def batches(
+    pool, batch_size: int, seed: int, objects_per_image: int = 4
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless (images (B, S, S, 3) uint8, targets (B, K, S, S) bool) with flip/rot
+    augmentation: K objects of each image, distinct where the image has K or more."""
     rng = np.random.default_rng(seed)
+    k_obj = objects_per_image
     while True:
         imgs, tgts = [], []
         for j in rng.integers(len(pool), size=batch_size):
             img, masks = pool[j]
-            m = masks[rng.integers(len(masks))]
+            n = len(masks)
+            m = masks[rng.choice(n, k_obj, replace=n < k_obj)]
             k = rng.integers(4)
-            img, m = np.rot90(img, k), np.rot90(m, k)
+            img, m = np.rot90(img, k), np.rot90(m, k, axes=(1, 2))
             if rng.random() < 0.5:
-                img, m = img[:, ::-1], m[:, ::-1]
+                img, m = img[:, ::-1], m[:, :, ::-1]
             imgs.append(img)
             tgts.append(m)
         yield np.stack(imgs), np.stack(tgts)
@@ -101,10 +107,17 @@ def train_sam(
     init_from: str | None = None,
     clip_len: int = 8,
     half: bool = False,
+    objects_per_image: int = 4,
+    num_corrections: int = 1,
+    box_prob: float = 0.5,
 ) -> tuple[object, dict, list[dict]]:
     """Train a SAM or SAM 2 variant on synthetic data, from scratch or continuing from a
-    checkpoint (`init_from`). SAM trains on scenes (`interactive_loss`); SAM 2 on clips of
-    `clip_len` frames through the tracking scan (`clip_loss`), `num_scenes` videos drawn.
+    checkpoint (`init_from`). SAM trains on scenes (`interactive_loss`, `objects_per_image`
+    objects prompted per encoded image); SAM 2 on clips of `clip_len` frames through the
+    tracking scan (`clip_loss`, `objects_per_image` objects tracked per clip), `num_scenes`
+    videos drawn, or with clip_len=1 on scenes in image mode like SAM (pre-training its
+    encoder and decoder cheaply). Each prompt gets `num_corrections` corrective clicks; a
+    scene's first prompt is a box with probability `box_prob`, else a click.
     half=True saves float16 weights (`out`), and returns them as loaded back.
     Returns (model, variables, log)."""
     if init_from:
@@ -116,16 +129,17 @@ def train_sam(
     schedule = optax_schedule(learning_rate, steps)
     tx = make_optimizer(variables["params"], "all", schedule, weight_decay=0.01)
     state = TrainState.create(variables, tx)
-    if isinstance(cfg, Sam2Config):
+    if isinstance(cfg, Sam2Config) and clip_len > 1:
         step_fn = make_train_step(
-            model, tx, num_corrections=1, loss_fn=clip_loss, **FROM_SCRATCH_LOSS
+            model, tx, num_corrections, loss_fn=clip_loss, **FROM_SCRATCH_LOSS
         )
         pool = video_pool(num_scenes, cfg.image_size, seed0=TRAIN_SEEDS.start)
-        data = clip_batches(pool, batch_size, clip_len, seed)
+        data = clip_batches(pool, batch_size, clip_len, seed, objects_per_image)
     else:
-        step_fn = make_train_step(model, tx, num_corrections=1, **FROM_SCRATCH_LOSS)
+        loss_fn = functools.partial(interactive_loss, box_prob=box_prob)
+        step_fn = make_train_step(model, tx, num_corrections, loss_fn=loss_fn, **FROM_SCRATCH_LOSS)
         pool = scene_pool(num_scenes, cfg.image_size, seed0=TRAIN_SEEDS.start)
-        data = batches(pool, batch_size, seed)
+        data = batches(pool, batch_size, seed, objects_per_image)
     key = jax.random.key(seed + 1)
     log, t0 = [], time.time()
     bar = tqdm(range(steps), desc=f"training {variant}")
@@ -160,11 +174,12 @@ def video_pool(
 
 
 def clip_batches(
-    pool, batch_size: int, clip_len: int, seed: int
+    pool, batch_size: int, clip_len: int, seed: int, objects_per_clip: int = 1
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless (clips (B, T, S, S, 3) uint8, targets (B, T, S, S) bool): a random window
-    of a pooled video, played forward or backward, flipped / rotated alike in every frame,
-    following one object big enough to prompt on the window's first frame."""
+    """Endless (clips (B, T, S, S, 3) uint8, targets (B, T, S, S) bool, or (B, T, K, S, S)
+    for objects_per_clip K > 1): a random window of a pooled video, played forward or
+    backward, flipped / rotated alike in every frame, following objects big enough to
+    prompt on the window's first frame (distinct where there are K of them)."""
     rng = np.random.default_rng(seed)
     while True:
         clips, tgts = [], []
@@ -177,13 +192,14 @@ def clip_batches(
             ok = promptable(masks[idx[0]])
             if not len(ok):
                 continue
-            x, m = frames[idx], masks[idx, ok[rng.integers(len(ok))]]
+            objs = rng.choice(ok, objects_per_clip, replace=len(ok) < objects_per_clip)
+            x, m = frames[idx], masks[idx][:, objs]
             k = rng.integers(4)
-            x, m = np.rot90(x, k, axes=(1, 2)), np.rot90(m, k, axes=(1, 2))
+            x, m = np.rot90(x, k, axes=(1, 2)), np.rot90(m, k, axes=(2, 3))
             if rng.random() < 0.5:
-                x, m = x[:, :, ::-1], m[:, :, ::-1]
+                x, m = x[:, :, ::-1], m[..., ::-1]
             clips.append(x)
-            tgts.append(m)
+            tgts.append(m if objects_per_clip > 1 else m[:, 0])
         yield np.stack(clips), np.stack(tgts)
 
 

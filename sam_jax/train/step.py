@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from sam_jax.train.clicks import corrective_click, first_prompt
-from sam_jax.train.losses import sam_loss, soft_targets
+from sam_jax.train.losses import object_score_loss, sam_loss, soft_targets
 
 # Which top-level modules train under each choice.
 # (SAM's module names, then SAM 2's.)
@@ -80,23 +80,32 @@ def interactive_loss(
     targets: jnp.ndarray,
     key: jax.Array,
     num_corrections: int = 2,
+    box_prob: float = 0.5,
     **loss_weights: float,
 ) -> tuple[jnp.ndarray, dict]:
     """SAM's loss over one initial prompt and `num_corrections` corrective clicks.
 
-    images (B, S, S, 3) normalised; targets (B, S, S) bool at image resolution. The image is
-    encoded once; each round feeds the previous best low-res logits back as the mask input.
-    Losses and error regions are taken at the logits' resolution (S/4), against the target's
-    4x4 area average, which keeps the step cheap.
+    images (B, S, S, 3) normalised; targets (B, S, S) bool at image resolution, or
+    (B, K, S, S) for K objects per image (as SAM trained several masks per image: the
+    encoder, the costly part, runs once for all K). Each round feeds the previous best
+    low-res logits back as the mask input. Losses and error regions are taken at the
+    logits' resolution (S/4), against the target's 4x4 area average, which keeps the step
+    cheap. The first prompt is a noisy box with probability `box_prob`, else one click.
+    SAM 2 models (image mode) also get the object-score BCE (the object is present).
     """
-    soft = soft_targets(targets)
     emb = model.apply(variables, images, method="encode_image")
+    if targets.ndim == 4:
+        k = targets.shape[1]
+        emb = jax.tree.map(lambda e: jnp.repeat(e, k, axis=0), emb)
+        targets = targets.reshape(-1, *targets.shape[2:])
+    soft = soft_targets(targets, model.config.mask_input_size)
+    scale = targets.shape[-1] / model.config.mask_input_size
     keys = jax.random.split(key, num_corrections + 1)
-    coords, labels = first_prompt(keys[0], targets)
+    coords, labels = first_prompt(keys[0], targets, box_prob)
     mask_in = None
     total, metrics = 0.0, []
     for r in range(num_corrections + 1):
-        logits, iou = model.apply(
+        logits, iou, *score = model.apply(
             variables,
             emb,
             point_coords=coords,
@@ -107,6 +116,9 @@ def interactive_loss(
         )  # the first prompt may be ambiguous; corrections are not
         logits = logits.astype(jnp.float32)
         loss, met = sam_loss(logits, iou.astype(jnp.float32), soft, **loss_weights)
+        if score:  # SAM 2: every prompted object is present
+            present = jnp.ones(score[0].shape[:1], bool)
+            loss = loss + jnp.mean(object_score_loss(score[0].astype(jnp.float32), present))
         total = total + loss
         metrics.append(met)
         if r == num_corrections:
@@ -114,9 +126,10 @@ def interactive_loss(
         best = jnp.argmax(iou, axis=1)
         low = jax.lax.stop_gradient(jnp.take_along_axis(logits, best[:, None, None, None], 1)[:, 0])
         click, click_label = corrective_click(keys[r + 1], low, soft > 0.5)
-        coords = jnp.concatenate([coords, click * 4 + 1.5], axis=1)  # centre of the 4x4 block
+        # the centre of the clicked logit cell, in pixels
+        coords = jnp.concatenate([coords, click * scale + (scale - 1) / 2], axis=1)
         labels = jnp.concatenate([labels, click_label], axis=1)
-        mask_in = low[..., None]
+        mask_in = jnp.clip(low, -32.0, 32.0)[..., None]  # SAM 2 marks absent objects -1024
     out = {
         "loss": total / (num_corrections + 1),
         "iou_first": metrics[0]["iou"],

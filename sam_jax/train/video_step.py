@@ -149,16 +149,24 @@ def clip_loss(
     **loss_weights: float,
 ) -> tuple[jnp.ndarray, dict]:
     """Mean loss over a batch of clips; clips (B, T, S, S, 3) normalised, targets
-    (B, T, S, S) bool (one object per clip, visible on frame 0). T >= 2.
+    (B, T, S, S) bool (one object per clip, visible on frame 0), or (B, T, K, S, S) for K
+    objects tracked separately through each clip (the frames are encoded once for all K).
+    T >= 2.
 
-    All B * T frames are encoded in one batch; the clips are then vmapped."""
-    if clips.ndim != 5 or targets.shape != clips.shape[:4] or clips.shape[1] < 2:
+    All B * T frames are encoded in one batch; the clips (and objects) are then vmapped."""
+    if (
+        clips.ndim != 5
+        or targets.ndim not in (4, 5)
+        or targets.shape[:2] != clips.shape[:2]
+        or targets.shape[-2:] != clips.shape[2:4]
+        or clips.shape[1] < 2
+    ):
         raise ValueError(
-            f"clips must be (B, T>=2, S, S, 3) and targets (B, T, S, S); got {clips.shape} "
-            f"and {targets.shape}"
+            f"clips must be (B, T>=2, S, S, 3) and targets (B, T, S, S) or (B, T, K, S, S); "
+            f"got {clips.shape} and {targets.shape}"
         )
     b, t, s = clips.shape[:3]
-    soft = soft_targets(targets)
+    soft = soft_targets(targets, model.config.mask_input_size)
     feats = model.apply(variables, clips.reshape(b * t, s, s, 3), method="encode_image")
     vision = feats["vision_features"]
     hr0, hr1 = feats["high_res_features"]
@@ -166,9 +174,12 @@ def clip_loss(
     def per_clip(v, h0, h1, sf, k):
         return _clip_loss(model, variables, v, h0, h1, sf, k, num_corrections, loss_weights)
 
+    keys = jax.random.split(key, b)
+    if targets.ndim == 5:  # objects of one clip share its encoded frames
+        per_clip = jax.vmap(per_clip, in_axes=(None, None, None, 1, 0))
+        # the same keys as for each clip repeated once per object, one object each
+        keys = jax.random.split(key, b * targets.shape[2]).reshape(b, targets.shape[2])
     unbatch = lambda x: x.reshape(b, t, *x.shape[1:])
-    losses, metrics = jax.vmap(per_clip)(
-        unbatch(vision), unbatch(hr0), unbatch(hr1), soft, jax.random.split(key, b)
-    )
+    losses, metrics = jax.vmap(per_clip)(unbatch(vision), unbatch(hr0), unbatch(hr1), soft, keys)
     metrics = {k: jnp.nanmean(v) for k, v in metrics.items()}
     return jnp.mean(losses), metrics
