@@ -74,7 +74,7 @@ class PromptEncoder(nn.Module):
         return self.image_size // self.stride
 
     def dense_pe(self) -> jnp.ndarray:
-        """Positional encoding of the image-embedding grid: (S/16, S/16, D)."""
+        """Positional encoding of the image-embedding grid: (g, g, D)."""
         return self.pe_layer.grid(self.embed_size, self.embed_size)
 
     def embed_points(self, coords: jnp.ndarray, labels: jnp.ndarray, pad: bool) -> jnp.ndarray:

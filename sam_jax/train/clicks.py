@@ -62,6 +62,12 @@ def first_prompt(key: jax.Array, target: jnp.ndarray, box_prob: float = 0.5):
     return coords, labels.astype(jnp.int32)
 
 
+def cell_centre(xy: jnp.ndarray, scale: float) -> jnp.ndarray:
+    """Logit-cell indices (..., 2) -> pixel coordinates of the cells' centres, for logits
+    `scale` times coarser than the image."""
+    return xy * scale + (scale - 1) / 2
+
+
 def corrective_click(key: jax.Array, logits: jnp.ndarray, target: jnp.ndarray):
     """A click in the error region of logits (B, h, w) vs target (B, h, w) bool.
 

@@ -79,13 +79,12 @@ def batches(
     """Endless (images (B, S, S, 3) uint8, targets (B, K, S, S) bool) with flip/rot
     augmentation: K objects of each image, distinct where the image has K or more."""
     rng = np.random.default_rng(seed)
-    k_obj = objects_per_image
     while True:
         imgs, tgts = [], []
         for j in rng.integers(len(pool), size=batch_size):
             img, masks = pool[j]
             n = len(masks)
-            m = masks[rng.choice(n, k_obj, replace=n < k_obj)]
+            m = masks[rng.choice(n, objects_per_image, replace=n < objects_per_image)]
             k = rng.integers(4)
             img, m = np.rot90(img, k), np.rot90(m, k, axes=(1, 2))
             if rng.random() < 0.5:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sam_jax.train.clicks import corrective_click, first_prompt
+from sam_jax.train.clicks import cell_centre, corrective_click, first_prompt
 from sam_jax.train.losses import object_score_loss, sam_loss, soft_targets
 
 # Which top-level modules train under each choice.
@@ -89,8 +89,8 @@ def interactive_loss(
     (B, K, S, S) for K objects per image (as SAM trained several masks per image: the
     encoder, the costly part, runs once for all K). Each round feeds the previous best
     low-res logits back as the mask input. Losses and error regions are taken at the
-    logits' resolution (S/4), against the target's 4x4 area average, which keeps the step
-    cheap. The first prompt is a noisy box with probability `box_prob`, else one click.
+    logits' resolution (S/4 in every variant), against the target's area average over each
+    logit cell, which keeps the step cheap. The first prompt is a noisy box with probability `box_prob`, else one click.
     SAM 2 models (image mode) also get the object-score BCE (the object is present).
     """
     emb = model.apply(variables, images, method="encode_image")
@@ -126,8 +126,7 @@ def interactive_loss(
         best = jnp.argmax(iou, axis=1)
         low = jax.lax.stop_gradient(jnp.take_along_axis(logits, best[:, None, None, None], 1)[:, 0])
         click, click_label = corrective_click(keys[r + 1], low, soft > 0.5)
-        # the centre of the clicked logit cell, in pixels
-        coords = jnp.concatenate([coords, click * scale + (scale - 1) / 2], axis=1)
+        coords = jnp.concatenate([coords, cell_centre(click, scale)], axis=1)
         labels = jnp.concatenate([labels, click_label], axis=1)
         mask_in = jnp.clip(low, -32.0, 32.0)[..., None]  # SAM 2 marks absent objects -1024
     out = {

@@ -33,7 +33,7 @@ from sam_jax.tracking.track_step import (
     prompt_memory_impl,
     track_heads_impl,
 )
-from sam_jax.train.clicks import corrective_click, sample_pixel
+from sam_jax.train.clicks import cell_centre, corrective_click, sample_pixel
 from sam_jax.train.losses import object_score_loss, sam_loss, soft_targets
 
 
@@ -70,7 +70,8 @@ def _prompt_loss_impl(
     target0 = soft[0] > 0.5
     keys = jax.random.split(key, num_corrections + 1)
     point, _ = sample_pixel(keys[0], target0[None])
-    coords, labels = point[:, None] * 4 + 1.5, jnp.ones((1, 1), jnp.int32)  # centre of 4x4
+    scale = cfg.image_size / cfg.mask_input_size
+    coords, labels = cell_centre(point[:, None], scale), jnp.ones((1, 1), jnp.int32)
     pix0 = vision[:1] + m.no_mem_embed.reshape(1, 1, 1, -1)
     hr0 = [high_res_0[:1], high_res_1[:1]]
     mask_in, losses, ious = None, [], []
@@ -82,7 +83,7 @@ def _prompt_loss_impl(
         low = jax.lax.stop_gradient(heads.low_res_masks[:, 0])  # (1, 4g, 4g)
         if r < num_corrections:
             click, click_label = corrective_click(keys[r + 1], low, target0[None])
-            coords = jnp.concatenate([coords, click * 4 + 1.5], axis=1)
+            coords = jnp.concatenate([coords, cell_centre(click, scale)], axis=1)
             labels = jnp.concatenate([labels, click_label], axis=1)
             mask_in = jnp.clip(low, -32.0, 32.0)[..., None]
     score = heads.object_score_logits[:, 0]
@@ -174,11 +175,12 @@ def clip_loss(
     def per_clip(v, h0, h1, sf, k):
         return _clip_loss(model, variables, v, h0, h1, sf, k, num_corrections, loss_weights)
 
-    keys = jax.random.split(key, b)
     if targets.ndim == 5:  # objects of one clip share its encoded frames
         per_clip = jax.vmap(per_clip, in_axes=(None, None, None, 1, 0))
         # the same keys as for each clip repeated once per object, one object each
         keys = jax.random.split(key, b * targets.shape[2]).reshape(b, targets.shape[2])
+    else:
+        keys = jax.random.split(key, b)
     unbatch = lambda x: x.reshape(b, t, *x.shape[1:])
     losses, metrics = jax.vmap(per_clip)(unbatch(vision), unbatch(hr0), unbatch(hr1), soft, keys)
     metrics = {k: jnp.nanmean(v) for k, v in metrics.items()}
