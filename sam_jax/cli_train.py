@@ -24,6 +24,7 @@ def _train(args: argparse.Namespace) -> None:
         objects_per_image=args.objects_per_image,
         num_corrections=args.corrections,
         box_prob=args.box_prob,
+        patch_size=args.patch_size,
     )
     if args.log:
         Path(args.log).write_text(json.dumps(log, indent=1))
@@ -85,6 +86,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corrections", type=int, default=1, help="corrective clicks per prompt")
     p.add_argument(
         "--box-prob", type=float, default=0.5, help="scenes: chance the first prompt is a box"
+    )
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        default=None,
+        help="SAM: first give the ViT these finer patches (weights resized, named --variant)",
     )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)

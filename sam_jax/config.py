@@ -159,16 +159,20 @@ VARIANTS: dict[str, SamConfig] = {
     "sam_b": SamConfig(ViTConfig(768, 12, 12, (2, 5, 8, 11)), "sam_b"),
     "sam_l": SamConfig(ViTConfig(1024, 24, 16, (5, 11, 17, 23)), "sam_l"),
     "sam_h": SamConfig(ViTConfig(1280, 32, 16, (7, 15, 23, 31)), "sam_h"),
-    # Small model trained here on synthetic shapes (sam_jax/train/recipes.py), bundled.
-    "sam_tiny_shapes": SamConfig(
-        ViTConfig(128, 4, 4, (1, 3), window_size=8, out_chans=128, pretrain_image_size=256),
-        "sam_tiny_shapes",
-        image_size=256,
-        prompt_embed_dim=128,
-        decoder_mlp_dim=512,
-        decoder_num_heads=4,
-        iou_head_hidden_dim=128,
-    ),
+    # Small models trained here on synthetic shapes (sam_jax/train/recipes.py): trained
+    # from scratch with 16-px patches, then given 8-px patches (train/repatch.py), bundled.
+    **{
+        name: SamConfig(
+            ViTConfig(128, 4, 4, (1, 3), patch, window, out_chans=128, pretrain_image_size=256),
+            name,
+            image_size=256,
+            prompt_embed_dim=128,
+            decoder_mlp_dim=512,
+            decoder_num_heads=4,
+            iou_head_hidden_dim=128,
+        )
+        for name, patch, window in (("sam_tiny_shapes_p16", 16, 8), ("sam_tiny_shapes", 8, 16))
+    },
     "mobile_sam": SamConfig(TinyViTConfig(), "mobile_sam"),
 }
 

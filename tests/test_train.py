@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 import sam_jax
-from sam_jax.checkpoint import build_from_config
-from sam_jax.config import HieraConfig, Sam2Config, SamConfig, ViTConfig
+from sam_jax.checkpoint import build_from_config, variable_shapes
+from sam_jax.config import VARIANTS, HieraConfig, Sam2Config, SamConfig, ViTConfig
 from sam_jax.train import clicks, losses
+from sam_jax.train.repatch import repatch
 from sam_jax.train.step import TrainState, make_optimizer, make_train_step
 from sam_jax.train.synthetic import scene, video
 
@@ -347,3 +348,45 @@ def test_vit_patch_size_sets_the_embedding_grid():
         variables, x, point_coords=np.array([[[20.0, 30.0]]]), point_labels=np.array([[1]])
     )
     assert emb.shape == (1, 8, 8, 32) and logits.shape == (1, 3, 32, 32)
+
+
+def test_repatch_sees_the_image_as_the_old_model_sees_it_upsampled():
+    """8-px patches resized from 16-px ones: on an image x the new model gives what the old
+    one gives on x upsampled 2x (nearest), prompts scaled alike (all-global blocks, a
+    constant position table; windows grow with r and are not comparable this way)."""
+    enc = dataclasses.replace(TINY.encoder, global_attn_indexes=(0, 1))
+    cfg = dataclasses.replace(TINY, encoder=enc)
+    model = build_from_config(cfg)
+    variables = sam_jax.init_params(model, jax.random.key(0))
+    params = variables["params"]
+    for blk in ("blocks_0", "blocks_1"):  # zero-initialised tables would test nothing
+        for t in ("rel_pos_h", "rel_pos_w"):
+            shape = params["image_encoder"][blk]["attn"][t].shape
+            params["image_encoder"][blk]["attn"][t] = np.random.default_rng(1).normal(size=shape)
+    pos = np.random.default_rng(2).normal(size=(1, 1, 1, enc.embed_dim))
+    params["image_encoder"]["pos_embed"] = np.broadcast_to(pos, (1, 4, 4, enc.embed_dim))
+    fine, fine_vars = repatch(model, variables, 8, name="fine")
+    assert fine.config.name == "fine" and fine.config.embed_size == 8
+    assert fine_vars["params"]["image_encoder"]["patch_embed"]["proj"]["kernel"].shape[:2] == (8, 8)
+
+    x, _ = _batch(2)
+    big = build_from_config(dataclasses.replace(cfg, image_size=128))
+    up = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
+    pts, lab = np.array([[[20.0, 30.0]], [[40.0, 12.0]]]), np.ones((2, 1), np.int32)
+    # pixel centres: x + 0.5 at 64 px is 2x + 1 at 128 px
+    want, want_iou = big.apply(variables, up, point_coords=2 * pts + 0.5, point_labels=lab)
+    got, got_iou = fine.apply(fine_vars, x, point_coords=pts, point_labels=lab)
+    assert got.shape == want.shape == (2, 3, 32, 32)
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5 * scale)
+    np.testing.assert_allclose(np.asarray(got_iou), np.asarray(want_iou), atol=1e-5)
+
+    with pytest.raises(ValueError, match="must divide"):
+        repatch(model, variables, 5)
+    # The bundled model's table entry is its from-scratch base given 8-px patches.
+    base = sam_jax.build("sam_tiny_shapes_p16")
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variable_shapes(base))
+    bundled, bundled_vars = repatch(base, zeros, 8, name="sam_tiny_shapes")
+    assert bundled.config == VARIANTS["sam_tiny_shapes"]
+    want_shapes = jax.tree.map(lambda s: s.shape, variable_shapes(bundled))
+    assert jax.tree.map(np.shape, bundled_vars) == want_shapes

@@ -1,6 +1,6 @@
 """Train the small bundled models from scratch on synthetic shapes, and evaluate them.
 
-    sam-jax train-shapes --model sam --steps 3000 --out sam_jax/weights/sam_tiny_shapes.safetensors
+    sam-jax train-shapes --variant sam_tiny_shapes_p16 --steps 4000 --out p1.safetensors
     sam-jax eval-shapes --checkpoint sam_tiny_shapes
 
 One-click evaluation: on held-out scenes (seeds disjoint from training), one positive click
@@ -22,6 +22,7 @@ from tqdm import tqdm
 from sam_jax.checkpoint import build, init_params, load, save
 from sam_jax.config import Sam2Config
 from sam_jax.models.resize import resize_bilinear
+from sam_jax.train.repatch import repatch
 from sam_jax.train.step import TrainState, interactive_loss, make_optimizer, make_train_step
 from sam_jax.train.synthetic import scene, video
 from sam_jax.train.video_step import clip_loss
@@ -109,6 +110,7 @@ def train_sam(
     objects_per_image: int = 4,
     num_corrections: int = 1,
     box_prob: float = 0.5,
+    patch_size: int | None = None,
 ) -> tuple[object, dict, list[dict]]:
     """Train a SAM or SAM 2 variant on synthetic data, from scratch or continuing from a
     checkpoint (`init_from`). SAM trains on scenes (`interactive_loss`, `objects_per_image`
@@ -116,7 +118,8 @@ def train_sam(
     tracking scan (`clip_loss`, `objects_per_image` objects tracked per clip), `num_scenes`
     videos drawn, or with clip_len=1 on scenes in image mode like SAM (pre-training its
     encoder and decoder cheaply). Each prompt gets `num_corrections` corrective clicks; a
-    scene's first prompt is a box with probability `box_prob`, else a click.
+    scene's first prompt is a box with probability `box_prob`, else a click. `patch_size`
+    first gives a SAM ViT finer patches (`repatch`), naming the result `variant`.
     half=True saves float16 weights (`out`), and returns them as loaded back.
     Returns (model, variables, log)."""
     if init_from:
@@ -124,6 +127,8 @@ def train_sam(
     else:
         model = build(variant)
         variables = init_params(model, jax.random.key(seed))
+    if patch_size and patch_size != getattr(model.config.encoder, "patch_size", None):
+        model, variables = repatch(model, variables, patch_size, name=variant)
     cfg = model.config
     schedule = optax_schedule(learning_rate, steps)
     tx = make_optimizer(variables["params"], "all", schedule, weight_decay=0.01)

@@ -89,8 +89,9 @@ def interactive_loss(
     (B, K, S, S) for K objects per image (as SAM trained several masks per image: the
     encoder, the costly part, runs once for all K). Each round feeds the previous best
     low-res logits back as the mask input. Losses and error regions are taken at the
-    logits' resolution (S/4 in every variant), against the target's area average over each
-    logit cell, which keeps the step cheap. The first prompt is a noisy box with probability `box_prob`, else one click.
+    logits' resolution (4x the embedding grid), against the target's area average over each
+    logit cell, which keeps the step cheap. The first prompt is a noisy box with probability
+    `box_prob`, else one click.
     SAM 2 models (image mode) also get the object-score BCE (the object is present).
     """
     emb = model.apply(variables, images, method="encode_image")
