@@ -362,8 +362,9 @@ def test_repatch_sees_the_image_as_the_old_model_sees_it_upsampled():
     for blk in ("blocks_0", "blocks_1"):  # zero-initialised tables would test nothing
         for t in ("rel_pos_h", "rel_pos_w"):
             shape = params["image_encoder"][blk]["attn"][t].shape
-            params["image_encoder"][blk]["attn"][t] = np.random.default_rng(1).normal(size=shape)
-    pos = np.random.default_rng(2).normal(size=(1, 1, 1, enc.embed_dim))
+            table = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+            params["image_encoder"][blk]["attn"][t] = table
+    pos = np.random.default_rng(2).normal(size=(1, 1, 1, enc.embed_dim)).astype(np.float32)
     params["image_encoder"]["pos_embed"] = np.broadcast_to(pos, (1, 4, 4, enc.embed_dim))
     fine, fine_vars = repatch(model, variables, 8, name="fine")
     assert fine.config.name == "fine" and fine.config.embed_size == 8
