@@ -5,8 +5,9 @@ several cells. The new model starts as the old one looking at the image upsample
 (r = old patch / new patch):
 - a p/r-pixel patch is embedded as the old kernel embeds that patch upsampled r times
   (nearest), so the new kernel sums r x r blocks of the old one;
-- the position table and the relative-position tables are resized to the r-times larger
-  grid (bilinear / linear, as the encoder resizes them for other image sizes);
+- the position table is resized bilinearly to the r-times larger grid (smoother than the
+  nearest resize the encoder applies at other image sizes) and the relative-position
+  tables linearly, as the encoder does;
 - attention windows grow r times, so each still covers the same pixels.
 The prompt encoder and mask decoder have no grid-sized weights and are kept as they are.
 """
@@ -52,11 +53,11 @@ def repatch(
     enc["patch_embed"] = {"proj": {**enc["patch_embed"]["proj"], "kernel": kernel}}
     grid = enc["pos_embed"].shape[1] * r
     enc["pos_embed"] = np.asarray(resize_bilinear(enc["pos_embed"], (grid, grid)))
-    for name, block in enc.items():
-        if name.startswith("blocks_"):
+    for module, block in enc.items():
+        if module.startswith("blocks_"):
             attn = dict(block["attn"])
             for t in ("rel_pos_h", "rel_pos_w"):  # 2n - 1 rows -> 2rn - 1
                 attn[t] = np.asarray(resize_linear_rows(attn[t], r * (len(attn[t]) + 1) - 1))
-            enc[name] = {**block, "attn": attn}
+            enc[module] = {**block, "attn": attn}
     params = {**variables["params"], "image_encoder": enc}
     return new_model, {**variables, "params": params}
