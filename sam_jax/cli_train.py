@@ -25,6 +25,9 @@ def _train(args: argparse.Namespace) -> None:
         num_corrections=args.corrections,
         box_prob=args.box_prob,
         patch_size=args.patch_size,
+        trainable=args.trainable,
+        iou_weight=args.iou_weight,
+        image_size=args.image_size,
     )
     if args.log:
         Path(args.log).write_text(json.dumps(log, indent=1))
@@ -93,6 +96,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="SAM: first give the ViT these finer patches (weights resized, named --variant)",
     )
+    p.add_argument(
+        "--trainable",
+        default="all",
+        choices=["all", "prompt_decoder", "decoder"],
+        help="what trains; the rest stays frozen",
+    )
+    p.add_argument(
+        "--iou-weight", type=float, default=1.0, help="weight of the IoU head's MSE in the loss"
+    )
+    p.add_argument("--image-size", type=int, default=None, help="train at this input size (square)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", default=None, help="continue from this checkpoint")

@@ -391,3 +391,41 @@ def test_repatch_sees_the_image_as_the_old_model_sees_it_upsampled():
     assert bundled.config == VARIANTS["sam_tiny_shapes"]
     want_shapes = jax.tree.map(lambda s: s.shape, variable_shapes(bundled))
     assert jax.tree.map(np.shape, bundled_vars) == want_shapes
+
+
+def test_train_recipe_size_trainable_and_iou_weight(tmp_path):
+    """train_sam at another input size trains only what `trainable` names, weighs the IoU
+    head's MSE by `iou_weight`, and saves a file that loads back at that size."""
+    from sam_jax.checkpoint import build, init_params
+    from sam_jax.train.recipes import train_sam
+
+    def run(iou_weight, out=None):
+        return train_sam(
+            "sam_tiny_shapes_p16",
+            steps=2,  # the first step's learning rate is 0 (warm-up)
+            batch_size=2,
+            num_scenes=6,
+            objects_per_image=2,
+            num_corrections=0,
+            image_size=64,
+            trainable="decoder",
+            iou_weight=iou_weight,
+            out=out,
+        )
+
+    path = str(tmp_path / "m.safetensors")
+    model, variables, log = run(1.0, path)
+    _, _, log5 = run(5.0)
+    start = init_params(build("sam_tiny_shapes_p16", 64), jax.random.key(0))["params"]
+    moved = {
+        name: max(
+            jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), start[name], p))
+        )
+        for name, p in variables["params"].items()
+    }
+    assert model.config.image_size == 64
+    assert moved["mask_decoder"] > 0
+    assert moved["image_encoder"] == 0 and moved["prompt_encoder"] == 0
+    assert log5[0]["loss"] != pytest.approx(log[0]["loss"], rel=1e-4)
+    loaded, _ = sam_jax.load(path)
+    assert loaded.config.image_size == 64

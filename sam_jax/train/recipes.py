@@ -111,6 +111,9 @@ def train_sam(
     num_corrections: int = 1,
     box_prob: float = 0.5,
     patch_size: int | None = None,
+    trainable: str = "all",
+    iou_weight: float = 1.0,
+    image_size: int | None = None,
 ) -> tuple[object, dict, list[dict]]:
     """Train a SAM or SAM 2 variant on synthetic data, from scratch or continuing from a
     checkpoint (`init_from`). SAM trains on scenes (`interactive_loss`, `objects_per_image`
@@ -120,28 +123,30 @@ def train_sam(
     encoder and decoder cheaply). Each prompt gets `num_corrections` corrective clicks; a
     scene's first prompt is a box with probability `box_prob`, else a click. `patch_size`
     first gives a SAM ViT finer patches (`repatch`), naming the result `variant`.
+    `trainable` ("all", "prompt_decoder", "decoder") chooses what trains; `iou_weight`
+    scales the IoU head's MSE against the mask loss. `image_size` trains at another input
+    size than the variant's (or the checkpoint's) own.
     half=True saves float16 weights (`out`), and returns them as loaded back.
     Returns (model, variables, log)."""
     if init_from:
-        model, variables = load(init_from)
+        model, variables = load(init_from, image_size=image_size)
     else:
-        model = build(variant)
+        model = build(variant, image_size)
         variables = init_params(model, jax.random.key(seed))
     if patch_size and patch_size != getattr(model.config.encoder, "patch_size", None):
         model, variables = repatch(model, variables, patch_size, name=variant)
     cfg = model.config
     schedule = optax_schedule(learning_rate, steps)
-    tx = make_optimizer(variables["params"], "all", schedule, weight_decay=0.01)
+    tx = make_optimizer(variables["params"], trainable, schedule, weight_decay=0.01)
+    weights = {**FROM_SCRATCH_LOSS, "iou_weight": iou_weight}
     state = TrainState.create(variables, tx)
     if isinstance(cfg, Sam2Config) and clip_len > 1:
-        step_fn = make_train_step(
-            model, tx, num_corrections, loss_fn=clip_loss, **FROM_SCRATCH_LOSS
-        )
+        step_fn = make_train_step(model, tx, num_corrections, loss_fn=clip_loss, **weights)
         pool = video_pool(num_scenes, cfg.image_size, seed0=TRAIN_SEEDS.start)
         data = clip_batches(pool, batch_size, clip_len, seed, objects_per_image)
     else:
         loss_fn = functools.partial(interactive_loss, box_prob=box_prob)
-        step_fn = make_train_step(model, tx, num_corrections, loss_fn=loss_fn, **FROM_SCRATCH_LOSS)
+        step_fn = make_train_step(model, tx, num_corrections, loss_fn=loss_fn, **weights)
         pool = scene_pool(num_scenes, cfg.image_size, seed0=TRAIN_SEEDS.start)
         data = batches(pool, batch_size, seed, objects_per_image)
     key = jax.random.key(seed + 1)
@@ -210,8 +215,10 @@ def clip_batches(
 def optax_schedule(peak: float, steps: int):
     import optax
 
-    warmup = max(1, steps // 20)
-    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps, peak * 0.05)
+    warmup = max(1, steps // 20)  # decay needs at least one step after warm-up
+    return optax.warmup_cosine_decay_schedule(
+        0.0, peak, warmup, max(steps, warmup + 1), peak * 0.05
+    )
 
 
 def innermost_pixel(mask: np.ndarray) -> tuple[int, int]:
