@@ -189,11 +189,12 @@ for _size, _hiera in _HIERA.items():
         _name = f"{_prefix}_{_size}"
         VARIANTS[_name] = Sam2Config(_hiera, _name, sam2_1=_is_2_1)
 del _size, _hiera, _prefix, _is_2_1, _name
-# Small SAM 2.1 trained here on synthetic videos (sam_jax/train/recipes.py), bundled.
+# Small SAM 2.1 trained here on synthetic videos (sam_jax/train/recipes.py), bundled;
+# its first stages ran at 128 px (an 8x8 grid for the heads), the later ones at 256.
 VARIANTS["sam2_tiny_shapes"] = Sam2Config(
     HieraConfig(32, 1, (1, 1, 2, 1), (3,), (8, 4, 6, 3), (7, 7)),
     "sam2_tiny_shapes",
-    image_size=128,
+    image_size=256,
     sam2_1=True,
     decoder_mlp_dim=512,
     iou_head_hidden_dim=128,
