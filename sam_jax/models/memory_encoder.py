@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam_jax.models.layers import gelu, layer_norm
+from sam_jax.models.layers import DepthwiseConv, gelu, layer_norm
 from sam_jax.models.position_encoding import sine_position_encoding
 
 
@@ -49,9 +49,7 @@ class CXBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         c = x.shape[-1]
-        p = self.kernel_size // 2
-        y = nn.Conv(c, (self.kernel_size,) * 2, padding=((p, p), (p, p)), feature_group_count=c,
-                    name="dwconv")(x)  # fmt: skip
+        y = DepthwiseConv(self.kernel_size, name="dwconv")(x)
         y = layer_norm(1e-6, name="norm")(y)
         y = nn.Dense(c, name="pwconv2")(gelu(nn.Dense(4 * c, name="pwconv1")(y)))
         gamma = self.param("gamma", nn.initializers.constant(1e-6), (c,), jnp.float32)
