@@ -24,7 +24,7 @@ from sam_jax.convert.keymap import flax_to_torch, state_dict_to_variables, torch
 
 import sam_jax
 from sam_jax.config import VARIANTS, HieraConfig, Sam2Config, config_from_json, config_to_json
-from sam_jax.models.interpolate import resize_bicubic, resize_bilinear_antialias
+from sam_jax.models.resize import resize_bicubic, resize_bilinear_antialias
 from sam_jax.models.sam2 import NO_OBJ_SCORE, Sam2
 from tests.reference import nchw, randomize_, rel_err, to_nchw
 from tests.reference_sam2 import build_reference_sam2

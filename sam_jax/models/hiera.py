@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from sam_jax.config import HieraConfig
-from sam_jax.models.interpolate import bicubic_weights
 from sam_jax.models.layers import gelu, layer_norm
+from sam_jax.models.resize import bicubic_weights
 from sam_jax.models.vit import window_partition, window_unpartition
 
 

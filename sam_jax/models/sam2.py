@@ -17,12 +17,11 @@ import jax.numpy as jnp
 
 from sam_jax.config import Sam2Config
 from sam_jax.models.fpn_neck import Sam2ImageEncoder
-from sam_jax.models.interpolate import resize_bilinear_antialias
 from sam_jax.models.layers import MLP
 from sam_jax.models.memory_attention import MemoryAttention
 from sam_jax.models.memory_encoder import MemoryEncoder
 from sam_jax.models.prompt_encoder import PromptEncoder
-from sam_jax.models.resize import linear_weights
+from sam_jax.models.resize import linear_weights, resize_bilinear_antialias
 from sam_jax.models.sam import check_prompts
 from sam_jax.models.sam2_mask_decoder import Sam2MaskDecoder, take_best
 

@@ -32,9 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax.models.interpolate import resize_bilinear_antialias
 from sam_jax.models.position_encoding import sine_position_encoding
-from sam_jax.models.resize import linear_weights
+from sam_jax.models.resize import linear_weights, resize_bilinear_antialias
 from sam_jax.tracking.memory_bank import MemoryBank, memory_tokens, push, sine_1d
 
 # Frame kinds per object, in FrameInput.kind.
