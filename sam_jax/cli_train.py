@@ -99,7 +99,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--trainable",
         default="all",
-        choices=["all", "prompt_decoder", "decoder"],
+        choices=["all", "all_but_encoder", "prompt_decoder", "decoder"],
         help="what trains; the rest stays frozen",
     )
     p.add_argument(

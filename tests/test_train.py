@@ -82,7 +82,7 @@ def _batch(b=4, s=64):
     return x, np.stack(tgts)
 
 
-@pytest.mark.parametrize("trainable", ["decoder", "prompt_decoder", "all"])
+@pytest.mark.parametrize("trainable", ["decoder", "prompt_decoder", "all_but_encoder", "all"])
 def test_train_step_updates_only_what_trains(trainable):
     model = build_from_config(TINY)
     variables = sam_jax.init_params(model, jax.random.key(0))
@@ -102,6 +102,7 @@ def test_train_step_updates_only_what_trains(trainable):
         )
         should = (
             trainable == "all"
+            or (trainable == "all_but_encoder" and name != "image_encoder")
             or name == "mask_decoder"
             or (trainable == "prompt_decoder" and name == "prompt_encoder")
         )

@@ -123,9 +123,9 @@ def train_sam(
     encoder and decoder cheaply). Each prompt gets `num_corrections` corrective clicks; a
     scene's first prompt is a box with probability `box_prob`, else a click. `patch_size`
     first gives a SAM ViT finer patches (`repatch`), naming the result `variant`.
-    `trainable` ("all", "prompt_decoder", "decoder") chooses what trains; `iou_weight`
-    scales the IoU head's MSE against the mask loss. `image_size` trains at another input
-    size than the variant's (or the checkpoint's) own.
+    `trainable` ("all", "all_but_encoder", "prompt_decoder", "decoder") chooses what
+    trains; `iou_weight` scales the IoU head's MSE against the mask loss. `image_size`
+    trains at another input size than the variant's (or the checkpoint's) own.
     half=True saves float16 weights (`out`), and returns them as loaded back.
     Returns (model, variables, log)."""
     if init_from:

@@ -24,12 +24,17 @@ import optax
 from sam_jax.train.clicks import cell_centre, corrective_click, first_prompt
 from sam_jax.train.losses import object_score_loss, sam_loss, soft_targets
 
-# Which top-level modules train under each choice.
-# (SAM's module names, then SAM 2's.)
+# Which top-level modules train under each choice: (trained, frozen), where trained=None
+# means every module not in frozen. Names are SAM's and SAM 2's.
 TRAINABLE = {
-    "decoder": ("mask_decoder", "sam_mask_decoder"),
-    "prompt_decoder": ("prompt_encoder", "mask_decoder", "sam_prompt_encoder", "sam_mask_decoder"),
-    "all": None,  # everything
+    "decoder": (("mask_decoder", "sam_mask_decoder"), ()),
+    "prompt_decoder": (
+        ("prompt_encoder", "mask_decoder", "sam_prompt_encoder", "sam_mask_decoder"),
+        (),
+    ),
+    # SAM 2: the heads and the whole memory path learn while the image features stay put.
+    "all_but_encoder": (None, ("image_encoder",)),
+    "all": (None, ()),
 }
 
 
@@ -37,9 +42,12 @@ def trainable_labels(params: Any, trainable: str) -> Any:
     """'train' / 'freeze' label for every leaf of `params`."""
     if trainable not in TRAINABLE:
         raise ValueError(f"trainable must be one of {list(TRAINABLE)}; got {trainable!r}")
-    modules = TRAINABLE[trainable]
+    trained, frozen = TRAINABLE[trainable]
     flat = flax.traverse_util.flatten_dict(params)
-    labels = {k: "train" if modules is None or k[0] in modules else "freeze" for k in flat}
+    labels = {
+        k: "train" if (trained is None or k[0] in trained) and k[0] not in frozen else "freeze"
+        for k in flat
+    }
     return flax.traverse_util.unflatten_dict(labels)
 
 
