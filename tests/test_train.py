@@ -212,12 +212,18 @@ def test_bce_form_of_focal_has_finite_gradients_when_saturated():
 
 
 def test_demo_command_runs(tmp_path, capsys):
+    from sam_jax.checkpoint import bundled_models
     from sam_jax.cli import main
 
-    assert main(["demo", "--out", str(tmp_path), "--points-per-side", "4"]) == 0
+    # the image model by bundled name, the video model as a file path: both ways resolve
+    video_file = str(bundled_models()["sam2_tiny_shapes"])
+    args = ["demo", "--out", str(tmp_path), "--points-per-side", "4", "--video-model", video_file]
+    assert main(args) == 0
     out = capsys.readouterr().out
+    assert "model: bundled model 'sam_tiny_shapes'" in out
     assert "mean one-click IoU" in out
-    assert "video: bundled model 'sam2_tiny_shapes'" in out
+    assert "segment everything: " in out and "segment everything: 0 masks" not in out
+    assert f"video: checkpoint {video_file}" in out
     for name in (
         "image.png",
         "overlay_clicks.png",

@@ -151,7 +151,7 @@ def train_sam(
         data = batches(pool, batch_size, seed, objects_per_image)
     key = jax.random.key(seed + 1)
     log, t0 = [], time.time()
-    bar = tqdm(range(steps), desc=f"training {variant}")
+    bar = tqdm(range(steps), desc=f"training {cfg.name}")
     acc = []
     for i in bar:
         imgs, tgts = next(data)
