@@ -436,3 +436,16 @@ def test_train_recipe_size_trainable_and_iou_weight(tmp_path):
     assert log5[0]["loss"] != pytest.approx(log[0]["loss"], rel=1e-4)
     loaded, _ = sam_jax.load(path)
     assert loaded.config.image_size == 64
+
+
+def test_cli_trainable_choices_are_the_table():
+    # cli_train spells the choices out to keep jax out of argument parsing
+    import argparse
+
+    from sam_jax import cli_train
+    from sam_jax.train.step import TRAINABLE
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    cli_train.add_parsers(sub)
+    (action,) = [a for a in sub.choices["train-shapes"]._actions if a.dest == "trainable"]
+    assert sorted(action.choices) == sorted(TRAINABLE)
