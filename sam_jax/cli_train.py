@@ -28,6 +28,7 @@ def _train(args: argparse.Namespace) -> None:
         trainable=args.trainable,
         iou_weight=args.iou_weight,
         image_size=args.image_size,
+        single_mask_tracking=args.single_mask_tracking,
     )
     if args.log:
         Path(args.log).write_text(json.dumps(log, indent=1))
@@ -106,6 +107,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--iou-weight", type=float, default=1.0, help="weight of the IoU head's MSE in the loss"
     )
     p.add_argument("--image-size", type=int, default=None, help="train at this input size (square)")
+    p.add_argument(
+        "--single-mask-tracking",
+        action="store_true",
+        help="SAM 2: tracked frames give the single-mask output (multimask_output_for_tracking "
+        "False), trained as such; saved with the model",
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", default=None, help="continue from this checkpoint")

@@ -139,6 +139,10 @@ class Sam2Config(_Grid):
     iou_head_hidden_dim: int = 256
     dynamic_multimask_stability_delta: float = 0.05
     dynamic_multimask_stability_thresh: float = 0.98
+    # The reference's multimask_output_for_tracking: tracked frames (and single clicks on
+    # frames after the first prompted one) give 3 masks and keep the best by predicted IoU.
+    # False: they give the single-mask output.
+    multimask_output_for_tracking: bool = True
     mem_dim: int = 64
     num_maskmem: int = 7
     memory_attention_layers: int = 4

@@ -591,7 +591,8 @@ class VideoPredictor:
             jnp.asarray(labs)[None],
             None if prev is None else jnp.asarray(prev, jnp.float32)[None],
             is_init=is_init,
-            multimask=coords.shape[0] <= 1,
+            multimask=coords.shape[0] <= 1
+            and (is_init or self.config.multimask_output_for_tracking),
         )
         tr.temp[f] = _Out(np.asarray(low[0]), np.asarray(ptr[0]), float(score[0]), is_cond)
         return f, state.obj_ids, self._video_logits(state, self._frame_low_res(state, f))

@@ -66,7 +66,7 @@ def build_reference_sam2(cfg: Sam2Config) -> torch.nn.Module:
         pred_obj_scores=True,
         pred_obj_scores_mlp=True,
         fixed_no_obj_ptr=True,
-        multimask_output_for_tracking=True,
+        multimask_output_for_tracking=cfg.multimask_output_for_tracking,
         use_multimask_token_for_obj_ptr=True,
         multimask_min_pt_num=0,
         multimask_max_pt_num=1,

@@ -9,13 +9,15 @@ O objects, all sharing one frame's image features.
 Semantics (see REFERENCE.md, ultralytics `SAM2Model`):
 
 * tracking a frame: memory attention over the bank (`memory_bank.memory_tokens`), then the
-  SAM heads with no prompt and multimask output (best IoU kept), then the memory encoder
+  SAM heads with no prompt and multimask output (best IoU kept; the single-mask output
+  where `multimask_output_for_tracking` is False), then the memory encoder
   on the sigmoid of the upsampled mask logits, x20 - 10; SAM 2.1 adds `no_obj_embed_spatial`
   to the memory where the object score is <= 0;
 * a prompted frame: an initial conditioning frame uses no memory (the features plus
   `no_mem_embed`); a correction on a tracked frame attends to the bank; the previous mask
   logits (clamped to +-32) may be fed as the mask prompt; multimask output iff at most one
-  point (box corners count as points);
+  point (box corners count as points) and, past the initial conditioning frame,
+  `multimask_output_for_tracking`;
 * a mask prompt is used as the output directly (`use_mask_input_as_output_without_sam`):
   logits +-10, downsampled with antialiasing; the pointer comes from the SAM heads fed the
   mask through `mask_downsample`; object present iff the mask has a positive pixel;
@@ -192,7 +194,9 @@ def track_heads_impl(
     vision = frame.vision_features
     pix = condition_on_memory(m, bank, frame.frame_idx, vision)
     hr = [jnp.broadcast_to(h[None], (o, *h.shape)) for h in (frame.high_res_0, frame.high_res_1)]
-    heads = m.forward_sam_heads(pix, high_res_features=hr, multimask_output=True)
+    heads = m.forward_sam_heads(
+        pix, high_res_features=hr, multimask_output=m.config.multimask_output_for_tracking
+    )
     score = heads.object_score_logits[:, 0]
     high = heads.high_res_masks[:, 0, :, :, None]  # (O, S, S, 1)
     if non_overlap_for_memory:  # among the objects tracked (not prompted) on this frame

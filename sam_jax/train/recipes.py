@@ -10,6 +10,7 @@ against the exact mask at image resolution.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from sam_jax.checkpoint import build, init_params, load, save
+from sam_jax.checkpoint import build, build_from_config, init_params, load, save
 from sam_jax.config import Sam2Config
 from sam_jax.models.resize import resize_bilinear
 from sam_jax.train.repatch import repatch
@@ -114,6 +115,7 @@ def train_sam(
     trainable: str = "all",
     iou_weight: float = 1.0,
     image_size: int | None = None,
+    single_mask_tracking: bool = False,
 ) -> tuple[object, dict, list[dict]]:
     """Train a SAM or SAM 2 variant on synthetic data, from scratch or continuing from a
     checkpoint (`init_from`). SAM trains on scenes (`interactive_loss`, `objects_per_image`
@@ -126,6 +128,8 @@ def train_sam(
     `trainable` ("all", "all_but_encoder", "prompt_decoder", "decoder") chooses what
     trains; `iou_weight` scales the IoU head's MSE against the mask loss. `image_size`
     trains at another input size than the variant's (or the checkpoint's) own.
+    `single_mask_tracking` sets a SAM 2 model's `multimask_output_for_tracking` to False
+    (tracked frames then train and predict the single-mask output; saved with the model).
     half=True saves float16 weights (`out`), and returns them as loaded back.
     Returns (model, variables, log)."""
     if init_from:
@@ -135,6 +139,9 @@ def train_sam(
         variables = init_params(model, jax.random.key(seed))
     if patch_size and patch_size != getattr(model.config.encoder, "patch_size", None):
         model, variables = repatch(model, variables, patch_size, name=variant)
+    if single_mask_tracking:
+        cfg = dataclasses.replace(model.config, multimask_output_for_tracking=False)
+        model = build_from_config(cfg)
     cfg = model.config
     schedule = optax_schedule(learning_rate, steps)
     tx = make_optimizer(variables["params"], trainable, schedule, weight_decay=0.01)

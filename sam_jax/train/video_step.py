@@ -127,7 +127,8 @@ def _clip_loss(
     def body(bank, xs):
         frame, target = xs
         bank, _, heads = model.apply(variables, bank, frame, method=track_heads_impl)
-        return bank, _frame_loss(heads, target, True, loss_weights)
+        multimask = cfg.multimask_output_for_tracking
+        return bank, _frame_loss(heads, target, multimask, loss_weights)
 
     _, (track_losses, track_ious) = jax.lax.scan(body, bank, (frames, soft[1:]))
     total = (prompt_loss + jnp.sum(track_losses)) / t
