@@ -400,6 +400,18 @@ def test_repatch_sees_the_image_as_the_old_model_sees_it_upsampled():
     assert jax.tree.map(np.shape, bundled_vars) == want_shapes
 
 
+@pytest.mark.parametrize("name", ["sam_tiny_shapes", "sam2_tiny_shapes"])
+def test_bundled_file_config_is_its_variant_entry(name):
+    """`build(name)` (a fresh model to train) is the architecture the bundled file loads."""
+    from safetensors import safe_open
+
+    from sam_jax.checkpoint import bundled_models
+    from sam_jax.config import config_from_json
+
+    with safe_open(str(bundled_models()[name]), framework="numpy") as f:
+        assert config_from_json(f.metadata()["config"]) == VARIANTS[name]
+
+
 def test_train_recipe_size_trainable_and_iou_weight(tmp_path):
     """train_sam at another input size trains only what `trainable` names, weighs the IoU
     head's MSE by `iou_weight`, and saves a file that loads back at that size."""
