@@ -45,7 +45,7 @@ SMALL = {
     "2.1": Sam2Config(
         HieraConfig(32, 1, (1, 1, 2, 1), (3,), (8, 4, 6, 3), (7, 7)), image_size=128, sam2_1=True
     ),
-    # single-mask tracking (multimask_output_for_tracking=False, as the bundled tiny model)
+    # single-mask tracking (multimask_output_for_tracking=False)
     "2.0": Sam2Config(
         HieraConfig(24, 2, (1, 1, 2, 1), (3,), (8, 4, 6, 3), (14, 14)),
         image_size=128,
