@@ -448,6 +448,8 @@ def test_train_recipe_size_trainable_and_iou_weight(tmp_path):
     assert log5[0]["loss"] != pytest.approx(log[0]["loss"], rel=1e-4)
     loaded, _ = sam_jax.load(path)
     assert loaded.config.image_size == 64
+    with pytest.raises(ValueError, match="single_mask_tracking needs a SAM 2 model"):
+        train_sam("sam_tiny_shapes_p16", steps=1, image_size=64, single_mask_tracking=True)
 
 
 def test_cli_trainable_choices_are_the_table():

@@ -140,6 +140,8 @@ def train_sam(
     if patch_size and patch_size != getattr(model.config.encoder, "patch_size", None):
         model, variables = repatch(model, variables, patch_size, name=variant)
     if single_mask_tracking:
+        if not isinstance(model.config, Sam2Config):
+            raise ValueError(f"single_mask_tracking needs a SAM 2 model; got {model.config.name}")
         cfg = dataclasses.replace(model.config, multimask_output_for_tracking=False)
         model = build_from_config(cfg)
     cfg = model.config
