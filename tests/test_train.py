@@ -89,7 +89,7 @@ def test_train_step_updates_only_what_trains(trainable):
     tx = make_optimizer(variables["params"], trainable, 1e-3)
     state = TrainState.create(variables, tx)
     before = jax.tree.map(np.array, state.variables)
-    step = make_train_step(model, tx, num_corrections=1)
+    step = make_train_step(model, tx, num_corrections=0)  # one decoder pass: compiles faster
     x, t = _batch()
     state, met = step(state, x, t, jax.random.key(1))
     assert np.isfinite(float(met["loss"]))
