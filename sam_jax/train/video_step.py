@@ -124,10 +124,11 @@ def _clip_loss(
         stored_ptrs=jnp.zeros((t - 1, 1, cfg.d_model), vision.dtype),
     )
 
+    multimask = cfg.multimask_output_for_tracking
+
     def body(bank, xs):
         frame, target = xs
         bank, _, heads = model.apply(variables, bank, frame, method=track_heads_impl)
-        multimask = cfg.multimask_output_for_tracking
         return bank, _frame_loss(heads, target, multimask, loss_weights)
 
     _, (track_losses, track_ious) = jax.lax.scan(body, bank, (frames, soft[1:]))
