@@ -29,6 +29,8 @@ def _train(args: argparse.Namespace) -> None:
         iou_weight=args.iou_weight,
         image_size=args.image_size,
         single_mask_tracking=args.single_mask_tracking,
+        max_speed=args.max_speed,
+        reseat=args.reseat_memory,
     )
     if args.log:
         Path(args.log).write_text(json.dumps(log, indent=1))
@@ -100,7 +102,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--trainable",
         default="all",
-        choices=["all", "all_but_encoder", "prompt_decoder", "decoder"],
+        choices=[
+            "all",
+            "all_but_encoder",
+            "all_but_encoder_positional",
+            "prompt_decoder",
+            "decoder",
+        ],
         help="what trains; the rest stays frozen",
     )
     p.add_argument(
@@ -112,6 +120,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="SAM 2: tracked frames give the single-mask output (multimask_output_for_tracking "
         "False), trained as such; saved with the model",
+    )
+    p.add_argument(
+        "--max-speed",
+        type=float,
+        default=0.03,
+        help="SAM 2: the training videos' largest motion per frame and axis, in image sizes",
+    )
+    p.add_argument(
+        "--reseat-memory",
+        action="store_true",
+        help="SAM 2: first re-seat the memory path (sam_jax/train/reseat_memory.py); train it "
+        "with --trainable all_but_encoder_positional",
     )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)

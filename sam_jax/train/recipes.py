@@ -24,6 +24,7 @@ from sam_jax.checkpoint import build, build_from_config, init_params, load, save
 from sam_jax.config import Sam2Config
 from sam_jax.models.resize import resize_bilinear
 from sam_jax.train.repatch import repatch
+from sam_jax.train.reseat_memory import reseat_memory
 from sam_jax.train.step import TrainState, interactive_loss, make_optimizer, make_train_step
 from sam_jax.train.synthetic import scene, video
 from sam_jax.train.video_step import clip_loss
@@ -116,6 +117,8 @@ def train_sam(
     iou_weight: float = 1.0,
     image_size: int | None = None,
     single_mask_tracking: bool = False,
+    max_speed: float = 0.03,
+    reseat: bool = False,
 ) -> tuple[object, dict, list[dict]]:
     """Train a SAM or SAM 2 variant on synthetic data, from scratch or continuing from a
     checkpoint (`init_from`). SAM trains on scenes (`interactive_loss`, `objects_per_image`
@@ -130,6 +133,8 @@ def train_sam(
     trains at another input size than the variant's (or the checkpoint's) own.
     `single_mask_tracking` sets a SAM 2 model's `multimask_output_for_tracking` to False
     (tracked frames then train and predict the single-mask output; saved with the model).
+    `max_speed` bounds the training videos' per-frame motion (image sizes); `reseat` first
+    applies `reseat_memory` (train it with trainable="all_but_encoder_positional").
     half=True saves float16 weights (`out`), and returns them as loaded back.
     Returns (model, variables, log)."""
     if init_from:
@@ -145,13 +150,15 @@ def train_sam(
         cfg = dataclasses.replace(model.config, multimask_output_for_tracking=False)
         model = build_from_config(cfg)
     cfg = model.config
+    if reseat:
+        variables = reseat_memory(cfg, variables)
     schedule = optax_schedule(learning_rate, steps)
     tx = make_optimizer(variables["params"], trainable, schedule, weight_decay=0.01)
     weights = {**FROM_SCRATCH_LOSS, "iou_weight": iou_weight}
     state = TrainState.create(variables, tx)
     if isinstance(cfg, Sam2Config) and clip_len > 1:
         step_fn = make_train_step(model, tx, num_corrections, loss_fn=clip_loss, **weights)
-        pool = video_pool(num_scenes, cfg.image_size, seed0=TRAIN_SEEDS.start)
+        pool = video_pool(num_scenes, cfg.image_size, seed0=TRAIN_SEEDS.start, max_speed=max_speed)
         data = clip_batches(pool, batch_size, clip_len, seed, objects_per_image)
     else:
         loss_fn = functools.partial(interactive_loss, box_prob=box_prob)
@@ -182,11 +189,11 @@ def train_sam(
 
 
 def video_pool(
-    num_videos: int, size: int, num_frames: int = 16, seed0: int = 0
+    num_videos: int, size: int, num_frames: int = 16, seed0: int = 0, max_speed: float = 0.03
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Pre-drawn (frames (T, S, S, 3) uint8, masks (T, K, S, S) bool) videos."""
     return [
-        video(seed0 + i, num_frames, size)
+        video(seed0 + i, num_frames, size, max_speed=max_speed)
         for i in tqdm(range(num_videos), desc="drawing videos", leave=False)
     ]
 

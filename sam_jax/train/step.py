@@ -12,6 +12,7 @@ state). `compute_dtype=jnp.bfloat16` runs the model in bf16 against float32 para
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable
 from typing import Any
 
@@ -24,16 +25,22 @@ import optax
 from sam_jax.train.clicks import cell_centre, corrective_click, first_prompt
 from sam_jax.train.losses import object_score_loss, sam_loss, soft_targets
 
-# Which top-level modules train under each choice: (trained, frozen), where trained=None
-# means every module not in frozen. Names are SAM's and SAM 2's.
+# What trains under each choice: (trained, frozen) glob patterns over "/"-joined parameter
+# paths, where trained=None means every parameter not frozen. Names are SAM's and SAM 2's.
 TRAINABLE = {
-    "decoder": (("mask_decoder", "sam_mask_decoder"), ()),
+    "decoder": (("mask_decoder/*", "sam_mask_decoder/*"), ()),
     "prompt_decoder": (
-        ("prompt_encoder", "mask_decoder", "sam_prompt_encoder", "sam_mask_decoder"),
+        ("prompt_encoder/*", "mask_decoder/*", "sam_prompt_encoder/*", "sam_mask_decoder/*"),
         (),
     ),
     # SAM 2: the heads and the whole memory path learn while the image features stay put.
-    "all_but_encoder": (None, ("image_encoder",)),
+    "all_but_encoder": (None, ("image_encoder/*",)),
+    # SAM 2 after `reseat_memory`: as all_but_encoder, but the memory attention's
+    # cross-attention keeps the positional (RoPE-only) queries and keys it was given.
+    "all_but_encoder_positional": (
+        None,
+        ("image_encoder/*", "memory_attention/*/cross_attn_image/[qk]_proj/*"),
+    ),
     "all": (None, ()),
 }
 
@@ -43,12 +50,14 @@ def trainable_labels(params: Any, trainable: str) -> Any:
     if trainable not in TRAINABLE:
         raise ValueError(f"trainable must be one of {list(TRAINABLE)}; got {trainable!r}")
     trained, frozen = TRAINABLE[trainable]
+
+    def label(path: tuple[str, ...]) -> str:
+        name = "/".join(path)
+        hit = lambda patterns: any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        return "train" if (trained is None or hit(trained)) and not hit(frozen) else "freeze"
+
     flat = flax.traverse_util.flatten_dict(params)
-    labels = {
-        k: "train" if (trained is None or k[0] in trained) and k[0] not in frozen else "freeze"
-        for k in flat
-    }
-    return flax.traverse_util.unflatten_dict(labels)
+    return flax.traverse_util.unflatten_dict({k: label(k) for k in flat})
 
 
 def make_optimizer(

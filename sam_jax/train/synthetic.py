@@ -124,15 +124,18 @@ def scene(seed: int, size: int = 256, num_objects: tuple[int, int] = (2, 5)):
     return _render(shapes, _background(rng, size), rng)
 
 
-def video(seed: int, num_frames: int = 16, size: int = 256, num_objects: int = 3):
+def video(
+    seed: int, num_frames: int = 16, size: int = 256, num_objects: int = 3, max_speed: float = 0.03
+):
     """Frames (T, size, size, 3) uint8 and visible masks (T, K, size, size) bool.
 
-    Shapes move with constant velocity and bounce off the borders; the background is fixed.
+    Shapes move with constant velocity, each component uniform in +-max_speed image sizes
+    per frame, and bounce off the borders; the background is fixed.
     Texture noise is drawn once per object, so an object looks the same in every frame.
     """
     rng = np.random.default_rng(seed)
     shapes = [_random_shape(rng, size) for _ in range(num_objects)]
-    vel = rng.uniform(-0.03, 0.03, (num_objects, 2)) * size
+    vel = rng.uniform(-1.0, 1.0, (num_objects, 2)) * max_speed * size
     bg = _background(rng, size)
     frames, masks = [], []
     for _ in range(num_frames):

@@ -1,0 +1,116 @@
+"""`reseat_memory`: what it changes, that the attention it sets is positional, and the
+trainable mode that keeps it."""
+
+from __future__ import annotations
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sam_jax
+from sam_jax.checkpoint import build_from_config
+from sam_jax.config import HieraConfig, Sam2Config
+from sam_jax.models.rope import apply_rope, axial_rope_tables
+from sam_jax.tracking.memory_bank import empty_bank
+from sam_jax.tracking.track_step import condition_on_memory
+from sam_jax.train.reseat_memory import positional_vector, reseat_memory
+from sam_jax.train.step import trainable_labels
+
+TINY2 = Sam2Config(
+    HieraConfig(16, 1, (1, 1, 2, 1), (3,), (8, 4, 6, 3), (7, 7)),
+    image_size=64,
+    sam2_1=True,
+    decoder_mlp_dim=64,
+    iou_head_hidden_dim=32,
+    memory_attention_layers=2,
+    memory_attention_mlp_dim=64,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = build_from_config(TINY2)
+    return model, sam_jax.init_params(model, jax.random.key(0))
+
+
+def test_positional_vector_weights_own_position_most():
+    g, d = 16, 256
+    cos, sin = axial_rope_tables(g, g, d)
+    rotated = np.asarray(apply_rope(jnp.broadcast_to(positional_vector(d), (g * g, d)), cos, sin))
+    logits = rotated @ rotated.T / np.sqrt(d)
+    weights = np.asarray(jax.nn.softmax(logits, axis=-1))
+    np.testing.assert_array_equal(weights.argmax(1), np.arange(g * g))
+    centre = weights[8 * g + 8].reshape(g, g)
+    assert 0.15 < centre[8, 8] < 0.3
+    assert centre[7:10, 7:10].sum() > 0.6
+    with pytest.raises(ValueError, match="pairs"):
+        positional_vector(256, pairs=65)
+
+
+def test_reseat_memory_changes_only_the_memory_path(tiny):
+    model, variables = tiny
+    out = reseat_memory(TINY2, variables, mask_gain=20.0)
+    before = flax.traverse_util.flatten_dict(variables["params"], sep="/")
+    after = flax.traverse_util.flatten_dict(out["params"], sep="/")
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    qk = {
+        f"memory_attention/layers_{i}/cross_attn_image/{p}_proj/{w}"
+        for i in range(2)
+        for p in "qk"
+        for w in ("kernel", "bias")
+    }
+    down = {f"memory_encoder/mask_downsampler/encoder_12/{w}" for w in ("kernel", "bias")}
+    # (the mask conv's bias is zero at initialisation, so it may stay as it was)
+    assert qk | {"memory_encoder/mask_downsampler/encoder_12/kernel"} <= changed <= qk | down
+    for k in down:
+        np.testing.assert_allclose(after[k], 20.0 * before[k], rtol=1e-6)
+    c = positional_vector(TINY2.d_model)
+    for k in qk:
+        np.testing.assert_array_equal(after[k], c if k.endswith("bias") else 0.0)
+    assert out["buffers"] is variables["buffers"]
+    with pytest.raises(ValueError, match="SAM 2"):
+        reseat_memory(sam_jax.build("sam_tiny_shapes").config, variables)
+
+
+def test_reseated_attention_reads_the_memory_where_it_is(tiny):
+    """Two conditioning memories that differ at grid cell (0, 0) only: after re-seating,
+    the conditioned features change there far more than at the opposite corner."""
+    model, variables = tiny
+    variables = reseat_memory(TINY2, variables)
+    g, cfg = 4, TINY2
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(1, 1, g, g, cfg.mem_dim)).astype(np.float32)
+    other = feats.copy()
+    other[..., 0, 0, :] += 5.0
+    vision = jnp.asarray(rng.normal(size=(g, g, cfg.d_model)), jnp.float32)
+
+    def conditioned(f):
+        bank = empty_bank(1, 1, g, cfg.mem_dim, cfg.d_model, num_frames=4, xp=jnp)
+        bank = bank.replace(
+            cond_feats=jnp.asarray(f),
+            cond_ptrs=jnp.zeros((1, 1, cfg.d_model)),
+            cond_valid=jnp.ones((1, 1), bool),
+        )
+        return model.apply(variables, bank, jnp.int32(1), vision, method=condition_on_memory)[0]
+
+    diff = np.abs(np.asarray(conditioned(other) - conditioned(feats))).mean(-1)
+    assert diff[0, 0] > 10 * diff[3, 3], diff
+
+
+def test_positional_mode_freezes_the_encoder_and_cross_attention_queries_keys(tiny):
+    _, variables = tiny
+    labels = flax.traverse_util.flatten_dict(
+        trainable_labels(variables["params"], "all_but_encoder_positional"), sep="/"
+    )
+    frozen = {k for k, v in labels.items() if v == "freeze"}
+    expected = {
+        k
+        for k in labels
+        if k.startswith("image_encoder/")
+        or ("/cross_attn_image/" in k and ("/q_proj/" in k or "/k_proj/" in k))
+    }
+    assert frozen == expected
+    assert any(k.startswith("memory_attention/") and "v_proj" in k for k in labels)
+    assert labels["memory_encoder/mask_downsampler/encoder_12/kernel"] == "train"
