@@ -70,6 +70,10 @@ def test_reseat_memory_changes_only_the_memory_path(tiny):
     for k in qk:
         np.testing.assert_array_equal(after[k], c if k.endswith("bias") else 0.0)
     assert out["buffers"] is variables["buffers"]
+    # the jit train step donates its state: a buffer shared by two leaves fails there
+    arrays = [x for x in jax.tree.leaves(out["params"]) if isinstance(x, jax.Array)]
+    pointers = [x.unsafe_buffer_pointer() for x in arrays]
+    assert len(set(pointers)) == len(pointers)
     with pytest.raises(ValueError, match="SAM 2"):
         reseat_memory(sam_jax.build("sam_tiny_shapes").config, variables)
 

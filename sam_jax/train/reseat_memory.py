@@ -56,11 +56,12 @@ def reseat_memory(
     down = params["memory_encoder"]["mask_downsampler"]
     last = max((k for k in down if k.startswith("encoder_")), key=lambda k: int(k.split("_")[1]))
     down[last] = {k: v * mask_gain for k, v in down[last].items()}
-    c = jnp.asarray(positional_vector(config.d_model, amplitude, pairs))
+    c = positional_vector(config.d_model, amplitude, pairs)
     for name, layer in params["memory_attention"].items():
         if name.startswith("layers_"):
             for proj in ("q_proj", "k_proj"):
                 p = layer["cross_attn_image"][proj]
                 p["kernel"] = jnp.zeros_like(p["kernel"])
-                p["bias"] = c.astype(p["bias"].dtype)
+                # a buffer per leaf: the train step donates its state, once per buffer
+                p["bias"] = jnp.array(c, p["bias"].dtype)
     return {**variables, "params": params}
