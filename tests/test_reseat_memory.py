@@ -3,6 +3,8 @@ trainable mode that keeps it."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -11,22 +13,14 @@ import pytest
 
 import sam_jax
 from sam_jax.checkpoint import build_from_config
-from sam_jax.config import HieraConfig, Sam2Config
 from sam_jax.models.rope import apply_rope, axial_rope_tables
 from sam_jax.tracking.memory_bank import empty_bank
 from sam_jax.tracking.track_step import condition_on_memory
 from sam_jax.train.reseat_memory import positional_vector, reseat_memory
 from sam_jax.train.step import trainable_labels
+from tests.tiny_configs import TINY2 as TRAIN_TINY2
 
-TINY2 = Sam2Config(
-    HieraConfig(16, 1, (1, 1, 2, 1), (3,), (8, 4, 6, 3), (7, 7)),
-    image_size=64,
-    sam2_1=True,
-    decoder_mlp_dim=64,
-    iou_head_hidden_dim=32,
-    memory_attention_layers=2,
-    memory_attention_mlp_dim=64,
-)
+TINY2 = dataclasses.replace(TRAIN_TINY2, memory_attention_layers=2)  # two layers to re-seat
 
 
 @pytest.fixture(scope="module")

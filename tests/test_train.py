@@ -16,11 +16,12 @@ import pytest
 
 import sam_jax
 from sam_jax.checkpoint import build_from_config, variable_shapes
-from sam_jax.config import VARIANTS, HieraConfig, Sam2Config, SamConfig, ViTConfig
+from sam_jax.config import VARIANTS, SamConfig, ViTConfig
 from sam_jax.train import clicks, losses
 from sam_jax.train.repatch import repatch
 from sam_jax.train.step import TrainState, make_optimizer, make_train_step
 from sam_jax.train.synthetic import scene, video
+from tests.tiny_configs import TINY2
 
 TINY = SamConfig(
     ViTConfig(32, 2, 2, (1,), window_size=4, out_chans=32, pretrain_image_size=64),
@@ -232,17 +233,6 @@ def test_demo_command_runs(tmp_path, capsys):
         "video_strip.png",
     ):
         assert (tmp_path / name).is_file()
-
-
-TINY2 = Sam2Config(
-    HieraConfig(16, 1, (1, 1, 2, 1), (3,), (8, 4, 6, 3), (7, 7)),
-    image_size=64,
-    sam2_1=True,
-    decoder_mlp_dim=64,
-    iou_head_hidden_dim=32,
-    memory_attention_layers=1,
-    memory_attention_mlp_dim=64,
-)
 
 
 @pytest.fixture(scope="module")
