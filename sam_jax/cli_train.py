@@ -31,6 +31,7 @@ def _train(args: argparse.Namespace) -> None:
         single_mask_tracking=args.single_mask_tracking,
         max_speed=args.max_speed,
         reseat=args.reseat_memory,
+        recent_gain=args.recent_memory_gain,
     )
     if args.log:
         Path(args.log).write_text(json.dumps(log, indent=1))
@@ -132,6 +133,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="SAM 2: first re-seat the memory path (sam_jax/train/reseat_memory.py); train it "
         "with --trainable all_but_encoder_positional",
+    )
+    p.add_argument(
+        "--recent-memory-gain",
+        type=float,
+        default=None,
+        help="SAM 2, re-seated: weigh the most recent frame's memory by this factor "
+        "(weigh_recent_memory in sam_jax/train/reseat_memory.py)",
     )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)

@@ -16,7 +16,12 @@ from sam_jax.checkpoint import build_from_config
 from sam_jax.models.rope import apply_rope, axial_rope_tables
 from sam_jax.tracking.memory_bank import empty_bank
 from sam_jax.tracking.track_step import condition_on_memory
-from sam_jax.train.reseat_memory import positional_vector, reseat_memory
+from sam_jax.train.reseat_memory import (
+    positional_vector,
+    recency_channel,
+    reseat_memory,
+    weigh_recent_memory,
+)
 from sam_jax.train.step import trainable_labels
 from tests.tiny_configs import TINY2 as TRAIN_TINY2
 
@@ -95,6 +100,77 @@ def test_reseated_attention_reads_the_memory_where_it_is(tiny):
 
     diff = np.abs(np.asarray(conditioned(other) - conditioned(feats))).mean(-1)
     assert diff[0, 0] > 10 * diff[3, 3], diff
+
+
+def test_weigh_recent_memory_changes_channel_j_only(tiny):
+    _, variables = tiny
+    seated = reseat_memory(TINY2, variables)
+    out = weigh_recent_memory(TINY2, seated, gain=1.6)
+    before = flax.traverse_util.flatten_dict(seated["params"], sep="/")
+    after = flax.traverse_util.flatten_dict(out["params"], sep="/")
+    j, m = recency_channel(TINY2.mem_dim), TINY2.mem_dim
+    assert j == 30
+    for k in before:
+        a, b = np.asarray(after[k]), np.asarray(before[k])
+        if a.ndim:  # every change is in channel j (of each pointer token for pointers)
+            width = a.shape[-1]
+            cols = np.arange(j, width, m) if width == TINY2.d_model else [j] if width == m else []
+            keep = np.ones(a.shape[-1], bool)
+            keep[cols] = False
+            if k.endswith("k_proj/kernel"):  # (in, out): its input row j
+                np.testing.assert_array_equal(np.delete(a, j, 0), np.delete(b, j, 0), err_msg=k)
+            else:
+                np.testing.assert_array_equal(a[..., keep], b[..., keep], err_msg=k)
+    for name in ("memory_encoder/out_proj/kernel", "obj_ptr_tpos_proj/kernel"):
+        np.testing.assert_array_equal(np.asarray(after[name])[..., j], 0.0)
+    np.testing.assert_array_equal(np.asarray(after["no_obj_ptr"])[0, j::m], 0.0)
+    tpos = np.asarray(after["maskmem_tpos_enc"])[:, 0, 0, j]
+    np.testing.assert_allclose(tpos, [0.6] + [0.0] * (TINY2.num_maskmem - 1), atol=1e-6)
+    for i in range(2):
+        k = f"memory_attention/layers_{i}/cross_attn_image/k_proj/"
+        np.testing.assert_array_equal(np.asarray(after[k + "kernel"])[j], after[k + "bias"])
+    with pytest.raises(ValueError, match="re-seated"):
+        weigh_recent_memory(TINY2, variables)
+
+
+def test_weighed_attention_reads_the_recent_frame_more(tiny):
+    """A conditioning frame (0) and a recent one (1) seen from frame 2: the same change to
+    either memory at cell (0, 0) moves the output there equally after re-seating alone,
+    and more for the recent frame once it is weighed."""
+    model, variables = tiny
+    seated = reseat_memory(TINY2, variables)
+    g, cfg = 4, TINY2
+    j = recency_channel(cfg.mem_dim)
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(1, 1, g, g, cfg.mem_dim)).astype(np.float32)
+    feats[..., j] = 0.0  # as the weighed memory encoder writes them
+    bump = np.zeros_like(feats)
+    bump[..., 0, 0, :] = 5.0
+    bump[..., j] = 0.0
+    vision = jnp.asarray(rng.normal(size=(g, g, cfg.d_model)), jnp.float32)
+
+    def conditioned(v, cond, recent):
+        bank = empty_bank(1, 1, g, cfg.mem_dim, cfg.d_model, num_frames=3, xp=jnp)
+        bank = bank.replace(
+            cond_feats=jnp.asarray(cond),
+            cond_valid=jnp.ones((1, 1), bool),
+            recent_feats=bank.recent_feats.at[:, 0].set(recent[:, 0]),
+            recent_frames=bank.recent_frames.at[0, 0].set(1),
+            recent_valid=bank.recent_valid.at[0, 0].set(True),
+        )
+        return model.apply(v, bank, jnp.int32(2), vision, method=condition_on_memory)[0]
+
+    def moved(v):  # output change at cell (0, 0): bump the conditioning / the recent memory
+        base = conditioned(v, feats, feats)
+        return [
+            float(np.abs(np.asarray(conditioned(v, c, r) - base))[0, 0].mean())
+            for c, r in ((feats + bump, feats), (feats, feats + bump))
+        ]
+
+    by_cond, by_recent = moved(seated)
+    np.testing.assert_allclose(by_recent, by_cond, rtol=1e-4)
+    by_cond, by_recent = moved(weigh_recent_memory(TINY2, seated, gain=1.6))
+    assert by_recent > 1.3 * by_cond, (by_recent, by_cond)
 
 
 def test_positional_mode_freezes_the_encoder_and_cross_attention_queries_keys(tiny):

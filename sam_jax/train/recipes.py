@@ -24,7 +24,7 @@ from sam_jax.checkpoint import build, build_from_config, init_params, load, save
 from sam_jax.config import Sam2Config
 from sam_jax.models.resize import resize_bilinear
 from sam_jax.train.repatch import repatch
-from sam_jax.train.reseat_memory import reseat_memory
+from sam_jax.train.reseat_memory import reseat_memory, weigh_recent_memory
 from sam_jax.train.step import TrainState, interactive_loss, make_optimizer, make_train_step
 from sam_jax.train.synthetic import scene, video
 from sam_jax.train.video_step import clip_loss
@@ -119,6 +119,7 @@ def train_sam(
     single_mask_tracking: bool = False,
     max_speed: float = 0.03,
     reseat: bool = False,
+    recent_gain: float | None = None,
 ) -> tuple[object, dict, list[dict]]:
     """Train a SAM or SAM 2 variant on synthetic data, from scratch or continuing from a
     checkpoint (`init_from`). SAM trains on scenes (`interactive_loss`, `objects_per_image`
@@ -134,7 +135,8 @@ def train_sam(
     `single_mask_tracking` sets a SAM 2 model's `multimask_output_for_tracking` to False
     (tracked frames then train and predict the single-mask output; saved with the model).
     `max_speed` bounds the training videos' per-frame motion (image sizes); `reseat` first
-    applies `reseat_memory` (train it with trainable="all_but_encoder_positional").
+    applies `reseat_memory` (train it with trainable="all_but_encoder_positional");
+    `recent_gain` then applies `weigh_recent_memory` (on a re-seated model).
     half=True saves float16 weights (`out`), and returns them as loaded back.
     Returns (model, variables, log)."""
     if init_from:
@@ -152,6 +154,8 @@ def train_sam(
     cfg = model.config
     if reseat:
         variables = reseat_memory(cfg, variables)
+    if recent_gain is not None:
+        variables = weigh_recent_memory(cfg, variables, recent_gain)
     schedule = optax_schedule(learning_rate, steps)
     tx = make_optimizer(variables["params"], trainable, schedule, weight_decay=0.01)
     weights = {**FROM_SCRATCH_LOSS, "iou_weight": iou_weight}

@@ -17,6 +17,22 @@ stayed flat for 1100 steps). `reseat_memory` fixes two sets of weights, then tra
   stored frame. `c` fills the `pairs` highest-frequency channel pairs of each axis with
   `amplitude`; the defaults put about 0.2 of a query's weight on its own position of a frame
   and about 0.7 on the 3x3 around it (16x16 grid).
+
+With those keys every stored frame weighs the same, so a moving object's memory is smeared
+along its path, the conditioning frame's copy staying where the object was clicked
+(measured on the stage-11 bundle: tracking held 0.68 over 16 frames on still videos and
+fell to 0.30 on moving ones). `weigh_recent_memory` lets the keys see the frame's temporal
+encoding through one channel `j` and nothing else, so that the most recent frame's logits
+are scaled by `gain`:
+
+* channel `j` of everything that enters the keys but the temporal table is made zero: the
+  memory encoder's output and its no-object embedding, the object pointers (each of their
+  `D / m` tokens) and their temporal projection; `j` is the lowest-frequency sine channel
+  of the rows of SAM 2's 2-D position encoding, which is below 2 pi / 10000^(1 - 2/m) on
+  every grid (0.0011 for m = 64), so the spatial encoding adds nothing there either;
+* the key kernel's row `j` becomes the key bias `c`, so a frame's key is `c (1 + e_j)`
+  with `e_j` its temporal encoding's channel `j`, set to `gain - 1` for the most recent
+  frame and 0 for the others; object pointers keep the key `c`.
 """
 
 from __future__ import annotations
@@ -64,4 +80,46 @@ def reseat_memory(
                 p["kernel"] = jnp.zeros_like(p["kernel"])
                 # a buffer per leaf: the train step donates its state, once per buffer
                 p["bias"] = jnp.array(c, p["bias"].dtype)
+    return {**variables, "params": params}
+
+
+def recency_channel(mem_dim: int) -> int:
+    """The channel `weigh_recent_memory` uses: the last sine channel of the row half of
+    the memories' 2-D position encoding (`position_encoding.sine_position_encoding`)."""
+    return mem_dim // 2 - 2
+
+
+def weigh_recent_memory(config: Sam2Config, variables: Any, gain: float = 1.6) -> Any:
+    """The variables of a re-seated model (`reseat_memory`) with the most recent frame's
+    memory weighted by `gain` in every cross-attention (module docstring); the memory
+    encoder, pointer projections, temporal table and key kernels change in channel j only."""
+    if not isinstance(config, Sam2Config):
+        raise ValueError(f"weigh_recent_memory needs a SAM 2 model; got {config.name}")
+    params = jax.tree.map(lambda x: x, variables["params"])
+    layers = [v for k, v in params["memory_attention"].items() if k.startswith("layers_")]
+    if any(np.any(np.asarray(x["cross_attn_image"]["q_proj"]["kernel"])) for x in layers):
+        raise ValueError("weigh_recent_memory needs a re-seated model (reseat_memory first)")
+    m, j = config.mem_dim, recency_channel(config.mem_dim)
+    cols = np.arange(j, config.d_model, m)  # channel j of each pointer token
+
+    def zero(leaf: jnp.ndarray, index) -> jnp.ndarray:
+        return jnp.asarray(leaf).at[index].set(0)
+
+    out = params["memory_encoder"]["out_proj"]
+    out["kernel"], out["bias"] = zero(out["kernel"], (..., j)), zero(out["bias"], j)
+    mlp = params["obj_ptr_proj"]
+    last = mlp[max(mlp, key=lambda k: int(k.split("_")[1]))]
+    last["kernel"], last["bias"] = zero(last["kernel"], (..., cols)), zero(last["bias"], cols)
+    params["no_obj_ptr"] = zero(params["no_obj_ptr"], (..., cols))
+    if "no_obj_embed_spatial" in params:  # SAM 2.1
+        params["no_obj_embed_spatial"] = zero(params["no_obj_embed_spatial"], (..., j))
+    if "obj_ptr_tpos_proj" in params:  # SAM 2.1; SAM 2's raw 1-D sine is below 0.02 there
+        tp = params["obj_ptr_tpos_proj"]
+        tp["kernel"], tp["bias"] = zero(tp["kernel"], (..., j)), zero(tp["bias"], j)
+    # rows: the recent frame at distance k uses row k - 1; conditioning frames the last row
+    tpos = jnp.asarray(params["maskmem_tpos_enc"])
+    params["maskmem_tpos_enc"] = zero(tpos, (..., j)).at[0, ..., j].set(gain - 1.0)
+    for layer in layers:
+        k = layer["cross_attn_image"]["k_proj"]
+        k["kernel"] = jnp.asarray(k["kernel"]).at[j].set(k["bias"])
     return {**variables, "params": params}
