@@ -37,11 +37,9 @@ are scaled by `gain`:
 Measured on the bundle (stage 11), untrained: on 16 held-out 8-frame clips the tracked
 frames' best-of-three IoU rose from 0.608 to 0.629 with gain 1.6; `VideoPredictor` tracking
 over 16 frames rose on the 20 held-out videos (0.469 -> 0.523) but not on 20 validation
-videos (0.587 -> 0.581). Training after it with `all_but_encoder_positional` made tracking
-worse (0.32-0.36), even at lr 5e-5 for 60 steps: that mode trains the
-zeroed channel `j` of the memory encoder's output projection, whose inputs have an rms
-near 34, so Adam's first steps put content back into the keys' scale. Keeping those
-channels at zero while training is not built yet.
+videos (0.587 -> 0.581). Training after it on 8-frame clips made tracking worse
+(0.32-0.36), at lr 3e-4 or 5e-5, and also with every leaf that feeds channel `j` frozen;
+the cause is not known yet (the same continuation without the edit was not run).
 """
 
 from __future__ import annotations
