@@ -28,7 +28,7 @@ are scaled by `gain`:
 * channel `j` of everything that enters the keys but the temporal table is made zero: the
   memory encoder's output and its no-object embedding, the object pointers (each of their
   `D / m` tokens) and their temporal projection; `j` is the lowest-frequency sine channel
-  of the rows of SAM 2's 2-D position encoding, which is below 2 pi / 10000^(1 - 2/m) on
+  of the rows of SAM 2's 2-D position encoding, which is below 2 pi / 10000^(1 - 4/m) on
   every grid (0.0011 for m = 64), so the spatial encoding adds nothing there either;
 * the key kernel's row `j` becomes the key bias `c`, so a frame's key is `c (1 + e_j)`
   with `e_j` its temporal encoding's channel `j`, set to `gain - 1` for the most recent
@@ -120,7 +120,7 @@ def weigh_recent_memory(config: Sam2Config, variables: Any, gain: float = 1.6) -
     params["no_obj_ptr"] = zero(params["no_obj_ptr"], (..., cols))
     if "no_obj_embed_spatial" in params:  # SAM 2.1
         params["no_obj_embed_spatial"] = zero(params["no_obj_embed_spatial"], (..., j))
-    if "obj_ptr_tpos_proj" in params:  # SAM 2.1; SAM 2's raw 1-D sine is below 0.02 there
+    if "obj_ptr_tpos_proj" in params:  # SAM 2.1; SAM 2's raw 1-D sine is below 0.001 there
         tp = params["obj_ptr_tpos_proj"]
         tp["kernel"], tp["bias"] = zero(tp["kernel"], (..., j)), zero(tp["bias"], j)
     # rows: the recent frame at distance k uses row k - 1; conditioning frames the last row
