@@ -64,6 +64,11 @@ def positional_vector(dim: int, amplitude: float = 2.5, pairs: int = 10) -> np.n
     return c.reshape(dim)
 
 
+def _last_numbered(tree: dict, prefix: str) -> str:
+    """The key `prefix + n` with the largest n (e.g. a Sequential's last layer)."""
+    return max((k for k in tree if k.startswith(prefix)), key=lambda k: int(k[len(prefix) :]))
+
+
 def reseat_memory(
     config: Sam2Config,
     variables: Any,
@@ -77,7 +82,7 @@ def reseat_memory(
         raise ValueError(f"reseat_memory needs a SAM 2 model; got {config.name}")
     params = jax.tree.map(lambda x: x, variables["params"])  # new containers, same leaves
     down = params["memory_encoder"]["mask_downsampler"]
-    last = max((k for k in down if k.startswith("encoder_")), key=lambda k: int(k.split("_")[1]))
+    last = _last_numbered(down, "encoder_")
     down[last] = {k: v * mask_gain for k, v in down[last].items()}
     c = positional_vector(config.d_model, amplitude, pairs)
     for name, layer in params["memory_attention"].items():
@@ -115,7 +120,7 @@ def weigh_recent_memory(config: Sam2Config, variables: Any, gain: float = 1.6) -
     out = params["memory_encoder"]["out_proj"]
     out["kernel"], out["bias"] = zero(out["kernel"], (..., j)), zero(out["bias"], j)
     mlp = params["obj_ptr_proj"]
-    last = mlp[max(mlp, key=lambda k: int(k.split("_")[1]))]
+    last = mlp[_last_numbered(mlp, "layers_")]
     last["kernel"], last["bias"] = zero(last["kernel"], (..., cols)), zero(last["bias"], cols)
     params["no_obj_ptr"] = zero(params["no_obj_ptr"], (..., cols))
     if "no_obj_embed_spatial" in params:  # SAM 2.1
