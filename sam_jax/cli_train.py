@@ -32,6 +32,7 @@ def _train(args: argparse.Namespace) -> None:
         max_speed=args.max_speed,
         reseat=args.reseat_memory,
         recent_gain=args.recent_memory_gain,
+        num_maskmem=args.num_maskmem,
     )
     if args.log:
         Path(args.log).write_text(json.dumps(log, indent=1))
@@ -46,17 +47,34 @@ def _train(args: argparse.Namespace) -> None:
     print(f"saved {args.out}")
 
 
-def _report(name: str, model, variables, images: int, videos: int) -> None:
+def _report(
+    name: str,
+    model,
+    variables,
+    images: int,
+    videos: int,
+    max_speed: float = 0.03,
+    validation: bool = False,
+) -> None:
     from sam_jax.config import Sam2Config
-    from sam_jax.train.recipes import evaluate_sam, evaluate_tracking
+    from sam_jax.train.recipes import (
+        HELDOUT_SEED0,
+        VALIDATION_SEED0,
+        evaluate_sam,
+        evaluate_tracking,
+    )
 
-    miou = evaluate_sam(model, variables, images)
-    print(f"{name}: held-out one-click mIoU over {images} scenes = {miou:.4f}")
-    if isinstance(model.config, Sam2Config):
-        res = evaluate_tracking(model, variables, videos)
+    if images > 0:
+        miou = evaluate_sam(model, variables, images)
+        print(f"{name}: held-out one-click mIoU over {images} scenes = {miou:.4f}")
+    if isinstance(model.config, Sam2Config) and videos > 0:
+        seed0 = VALIDATION_SEED0 if validation else HELDOUT_SEED0
+        res = evaluate_tracking(model, variables, videos, max_speed=max_speed, seed0=seed0)
+        which = "validation" if validation else "held-out"
         print(
-            f"{name}: held-out tracking mIoU over {videos} videos of 16 frames, one click on "
-            f"frame 0 = {res['miou']:.4f} (frames 1-15: {res['miou_after_first']:.4f})"
+            f"{name}: {which} tracking mIoU over {videos} videos of 16 frames (max speed "
+            f"{max_speed:g}), one click on frame 0 = {res['miou']:.4f} "
+            f"(frames 1-15: {res['miou_after_first']:.4f})"
         )
         print("  per frame: " + " ".join(f"{x:.3f}" for x in res["per_frame"]))
 
@@ -65,7 +83,15 @@ def _eval(args: argparse.Namespace) -> None:
     from sam_jax.checkpoint import load
 
     model, variables = load(args.checkpoint)
-    _report(args.checkpoint, model, variables, args.images, args.videos)
+    _report(
+        args.checkpoint,
+        model,
+        variables,
+        args.images,
+        args.videos,
+        max_speed=args.max_speed,
+        validation=args.validation,
+    )
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -141,6 +167,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="SAM 2, re-seated: weigh the most recent frame's memory by this factor "
         "(weigh_recent_memory in sam_jax/train/reseat_memory.py)",
     )
+    p.add_argument(
+        "--num-maskmem",
+        type=int,
+        default=None,
+        help="SAM 2: remember this many frames (conditioning + recent) instead of the "
+        "model's own (shorten_memory in sam_jax/tracking/memory_window.py)",
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", default=None, help="continue from this checkpoint")
@@ -157,4 +190,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--checkpoint", default="sam_tiny_shapes", help="file or bundled name")
     e.add_argument("--images", type=int, default=100)
     e.add_argument("--videos", type=int, default=20)
+    e.add_argument(
+        "--max-speed",
+        type=float,
+        default=0.03,
+        help="SAM 2: the videos' motion bound, image sizes per frame (0: still)",
+    )
+    e.add_argument(
+        "--validation",
+        action="store_true",
+        help="SAM 2: track the validation videos (for choosing settings) instead of held-out",
+    )
     e.set_defaults(run=_eval)

@@ -88,7 +88,17 @@ def _prompt_loss_impl(
             mask_in = jnp.clip(low, -32.0, 32.0)[..., None]
     score = heads.object_score_logits[:, 0]
     cond_mem = prompt_memory_impl(m, vision[0], heads.low_res_masks[:, 0], score)
-    bank = empty_bank(1, 1, g, cfg.mem_dim, cfg.d_model, num_frames=t, xp=jnp)
+    bank = empty_bank(
+        1,
+        1,
+        g,
+        cfg.mem_dim,
+        cfg.d_model,
+        num_recent=cfg.num_maskmem - 1,
+        num_ptr=cfg.max_obj_ptrs_in_encoder - 1,
+        num_frames=t,
+        xp=jnp,
+    )
     bank = bank.replace(
         cond_feats=cond_mem[:, None],
         cond_ptrs=heads.obj_ptr[:, None],

@@ -1,0 +1,74 @@
+"""`shorten_memory`: a smaller num_maskmem equals the original model with the memories
+beyond the window dropped, and the training clip runs with it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sam_jax
+from sam_jax.checkpoint import build_from_config
+from sam_jax.tracking.memory_bank import empty_bank
+from sam_jax.tracking.memory_window import shorten_memory
+from sam_jax.tracking.track_step import condition_on_memory
+from tests.tiny_configs import TINY2
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = build_from_config(TINY2)
+    variables = sam_jax.init_params(model, jax.random.key(0))
+    # a temporal table with distinct rows, so a wrong row would show
+    table = jax.random.normal(jax.random.key(1), variables["params"]["maskmem_tpos_enc"].shape)
+    variables = {**variables, "params": {**variables["params"], "maskmem_tpos_enc": table}}
+    return model, variables
+
+
+def _conditioned(model, variables, feats, frame, window):
+    """Frame `frame`'s memory-conditioned features, remembering the conditioning frame 0
+    and the recent frames within `window` of it (feats[f] is frame f's memory)."""
+    cfg = model.config
+    g, r = cfg.embed_size, cfg.num_maskmem - 1
+    bank = empty_bank(1, 1, g, cfg.mem_dim, cfg.d_model, num_recent=r, num_frames=8)
+    bank.cond_feats[0, 0] = feats[0]
+    bank.cond_valid[0, 0] = True
+    for f in range(max(1, frame - window), frame):
+        bank.recent_feats[0, f % r] = feats[f]
+        bank.recent_frames[0, f % r] = f
+        bank.recent_valid[0, f % r] = True
+    bank = jax.tree.map(jnp.asarray, bank)
+    vision = jnp.asarray(np.random.default_rng(1).normal(size=(g, g, cfg.d_model)), jnp.float32)
+    return np.asarray(
+        model.apply(variables, bank, jnp.int32(frame), vision, method=condition_on_memory)
+    )
+
+
+def test_shorter_window_equals_dropping_older_memories(tiny):
+    model, variables = tiny
+    cfg = model.config
+    feats = np.random.default_rng(0).normal(size=(8, cfg.embed_size, cfg.embed_size, 64))
+    short_model, short_vars = shorten_memory(model, variables, 3)
+    assert short_model.config.num_maskmem == 3
+    assert short_vars["params"]["maskmem_tpos_enc"].shape[0] == 3
+    full = _conditioned(model, variables, feats, 7, window=6)
+    dropped = _conditioned(model, variables, feats, 7, window=2)
+    short = _conditioned(short_model, short_vars, feats, 7, window=2)
+    np.testing.assert_allclose(short, dropped, rtol=1e-5, atol=1e-5)
+    assert np.abs(full - dropped).max() > 1e-3  # the older memories did matter
+    with pytest.raises(ValueError, match="num_maskmem must be in"):
+        shorten_memory(model, variables, 8)
+
+
+def test_clip_loss_runs_with_a_short_window(tiny):
+    from sam_jax.train.recipes import normalise
+    from sam_jax.train.synthetic import video
+    from sam_jax.train.video_step import clip_loss
+
+    model, variables = shorten_memory(*tiny, 2)
+    frames, masks = video(5, 4, 64)
+    loss, _ = clip_loss(
+        model, variables, normalise(frames[None], TINY2), masks[None, :, :1], jax.random.key(0)
+    )
+    assert np.isfinite(float(loss))
