@@ -141,13 +141,16 @@ def train_sam(
     `max_speed` bounds the training videos' per-frame motion (image sizes); `reseat` first
     applies `reseat_memory` (train it with trainable="all_but_encoder_positional");
     `recent_gain` then applies `weigh_recent_memory` (on a re-seated model).
-    `num_maskmem` shortens a SAM 2 model's memory window first (`shorten_memory`).
+    `num_maskmem` sets a SAM 2 model's memory window: a fresh model is built with it, a
+    loaded one shortened to it (`shorten_memory`).
     half=True saves float16 weights (`out`), and returns them as loaded back.
     Returns (model, variables, log)."""
     if init_from:
         model, variables = load(init_from, image_size=image_size)
     else:
         model = build(variant, image_size)
+        if num_maskmem is not None:  # a fresh model is built with the window asked for
+            model = build_from_config(dataclasses.replace(model.config, num_maskmem=num_maskmem))
         variables = init_params(model, jax.random.key(seed))
     if patch_size and patch_size != getattr(model.config.encoder, "patch_size", None):
         model, variables = repatch(model, variables, patch_size, name=variant)
