@@ -142,11 +142,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--iou-weight", type=float, default=1.0, help="weight of the IoU head's MSE in the loss"
     )
     p.add_argument("--image-size", type=int, default=None, help="train at this input size (square)")
-    p.add_argument(
+    tracking = p.add_mutually_exclusive_group()
+    tracking.add_argument(
         "--single-mask-tracking",
-        action="store_true",
+        action="store_const",
+        const=True,
+        dest="single_mask_tracking",
         help="SAM 2: tracked frames give the single-mask output (multimask_output_for_tracking "
         "False), trained as such; saved with the model",
+    )
+    tracking.add_argument(
+        "--multimask-tracking",
+        action="store_const",
+        const=False,
+        dest="single_mask_tracking",
+        help="SAM 2: tracked frames give the best of three masks (the reference's default)",
     )
     p.add_argument(
         "--max-speed",

@@ -119,7 +119,7 @@ def train_sam(
     trainable: str = "all",
     iou_weight: float = 1.0,
     image_size: int | None = None,
-    single_mask_tracking: bool = False,
+    single_mask_tracking: bool | None = None,
     max_speed: float = 0.03,
     reseat: bool = False,
     recent_gain: float | None = None,
@@ -136,8 +136,10 @@ def train_sam(
     `trainable` ("all", "all_but_encoder", "prompt_decoder", "decoder") chooses what
     trains; `iou_weight` scales the IoU head's MSE against the mask loss. `image_size`
     trains at another input size than the variant's (or the checkpoint's) own.
-    `single_mask_tracking` sets a SAM 2 model's `multimask_output_for_tracking` to False
-    (tracked frames then train and predict the single-mask output; saved with the model).
+    `single_mask_tracking` True (False) sets a SAM 2 model's `multimask_output_for_tracking`
+    to False (True): tracked frames then train and predict the single-mask output (the best
+    of three where it is unstable) instead of the best of three; saved with the model; None
+    keeps the model's own.
     `max_speed` bounds the training videos' per-frame motion (image sizes); `reseat` first
     applies `reseat_memory` (train it with trainable="all_but_encoder_positional");
     `recent_gain` then applies `weigh_recent_memory` (on a re-seated model).
@@ -154,10 +156,11 @@ def train_sam(
         variables = init_params(model, jax.random.key(seed))
     if patch_size and patch_size != getattr(model.config.encoder, "patch_size", None):
         model, variables = repatch(model, variables, patch_size, name=variant)
-    if single_mask_tracking:
+    if single_mask_tracking is not None:
         if not isinstance(model.config, Sam2Config):
             raise ValueError(f"single_mask_tracking needs a SAM 2 model; got {model.config.name}")
-        cfg = dataclasses.replace(model.config, multimask_output_for_tracking=False)
+        multimask = not single_mask_tracking
+        cfg = dataclasses.replace(model.config, multimask_output_for_tracking=multimask)
         model = build_from_config(cfg)
     if num_maskmem is not None:
         model, variables = shorten_memory(model, variables, num_maskmem)
