@@ -149,9 +149,11 @@ def train_sam(
     Returns (model, variables, log)."""
     if init_from:
         model, variables = load(init_from, image_size=image_size)
+        if num_maskmem is not None:
+            model, variables = shorten_memory(model, variables, num_maskmem)
     else:
         model = build(variant, image_size)
-        if num_maskmem is not None:  # a fresh model is built with the window asked for
+        if num_maskmem is not None:
             model = build_from_config(dataclasses.replace(model.config, num_maskmem=num_maskmem))
         variables = init_params(model, jax.random.key(seed))
     if patch_size and patch_size != getattr(model.config.encoder, "patch_size", None):
@@ -162,8 +164,6 @@ def train_sam(
         multimask = not single_mask_tracking
         cfg = dataclasses.replace(model.config, multimask_output_for_tracking=multimask)
         model = build_from_config(cfg)
-    if num_maskmem is not None:
-        model, variables = shorten_memory(model, variables, num_maskmem)
     cfg = model.config
     if reseat:
         variables = reseat_memory(cfg, variables)

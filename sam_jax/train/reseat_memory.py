@@ -34,7 +34,7 @@ are scaled by `gain`:
   with `e_j` its temporal encoding's channel `j`, set to `gain - 1` for the most recent
   frame and 0 for the others; object pointers keep the key `c`.
 
-Measured on the bundle (stage 11), untrained: on 16 held-out 8-frame clips the tracked
+Measured on stage 11 (the bundle's weights), untrained: on 16 held-out 8-frame clips the tracked
 frames' best-of-three IoU rose from 0.608 to 0.629 with gain 1.6; `VideoPredictor` tracking
 over 16 frames rose on the 20 held-out videos (0.469 -> 0.523) but not on 20 validation
 videos (0.587 -> 0.581). Training after it on 8-frame clips made tracking worse
