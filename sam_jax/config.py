@@ -145,6 +145,11 @@ class Sam2Config(_Grid):
     multimask_output_for_tracking: bool = True
     mem_dim: int = 64
     num_maskmem: int = 7
+    # False (the reference): every frame attends to the conditioning frames' spatial memory.
+    # True: a conditioning frame's spatial memory is attended to, like a recent frame's, only
+    # from frames within num_maskmem - 1 of it (or while no recent memory is held). A model
+    # whose memory reads by position alone is otherwise pulled back to where it was clicked.
+    cond_memory_in_window_only: bool = False
     memory_attention_layers: int = 4
     memory_attention_mlp_dim: int = 2048
     max_obj_ptrs_in_encoder: int = 16
@@ -204,9 +209,11 @@ VARIANTS["sam2_tiny_shapes"] = Sam2Config(
     iou_head_hidden_dim=128,
     memory_attention_layers=2,
     memory_attention_mlp_dim=512,
-    # Trained with 7 remembered frames and multimask tracking; it tracks better with 3
-    # and the single-mask output (tracking/memory_window.py, README).
+    # Trained with 7 remembered frames, the conditioning frame always among them, and
+    # multimask tracking; it tracks better with 3, the conditioning frame only within
+    # them, and the single-mask output (tracking/memory_window.py, README).
     num_maskmem=3,
+    cond_memory_in_window_only=True,
     multimask_output_for_tracking=False,
 )
 

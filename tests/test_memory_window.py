@@ -1,7 +1,10 @@
 """`shorten_memory`: a smaller num_maskmem equals the original model with the memories
-beyond the window dropped, and the training clip runs with it."""
+beyond the window dropped, and the training clip runs with it; `cond_memory_in_window_only`
+drops the conditioning frame's memory beyond the window."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +13,7 @@ import pytest
 
 import sam_jax
 from sam_jax.checkpoint import build_from_config
-from sam_jax.tracking.memory_bank import empty_bank
+from sam_jax.tracking.memory_bank import empty_bank, memory_tokens
 from sam_jax.tracking.memory_window import shorten_memory
 from sam_jax.tracking.track_step import condition_on_memory
 from tests.tiny_configs import TINY2
@@ -26,10 +29,9 @@ def tiny():
     return model, variables
 
 
-def _conditioned(model, variables, feats, frame, window):
-    """Frame `frame`'s memory-conditioned features, remembering the conditioning frame 0
-    and the recent frames within `window` of it (feats[f] is frame f's memory)."""
-    cfg = model.config
+def _bank(cfg, feats, frame, window):
+    """The bank at frame `frame`: the conditioning frame 0 and the recent frames within
+    `window` of `frame` (feats[f] is frame f's memory)."""
     g, r = cfg.embed_size, cfg.num_maskmem - 1
     bank = empty_bank(1, 1, g, cfg.mem_dim, cfg.d_model, num_recent=r, num_frames=8)
     bank.cond_feats[0, 0] = feats[0]
@@ -38,7 +40,14 @@ def _conditioned(model, variables, feats, frame, window):
         bank.recent_feats[0, f % r] = feats[f]
         bank.recent_frames[0, f % r] = f
         bank.recent_valid[0, f % r] = True
-    bank = jax.tree.map(jnp.asarray, bank)
+    return jax.tree.map(jnp.asarray, bank)
+
+
+def _conditioned(model, variables, feats, frame, window):
+    """Frame `frame`'s memory-conditioned features over `_bank`."""
+    cfg = model.config
+    g = cfg.embed_size
+    bank = _bank(cfg, feats, frame, window)
     vision = jnp.asarray(np.random.default_rng(1).normal(size=(g, g, cfg.d_model)), jnp.float32)
     return np.asarray(
         model.apply(variables, bank, jnp.int32(frame), vision, method=condition_on_memory)
@@ -72,3 +81,29 @@ def test_clip_loss_runs_with_a_short_window(tiny):
         model, variables, normalise(frames[None], TINY2), masks[None, :, :1], jax.random.key(0)
     )
     assert np.isfinite(float(loss))
+
+
+def test_cond_memory_in_window_only(tiny):
+    """With the option, frame 7 (beyond a 2-frame window of the conditioning frame 0) does not
+    attend to frame 0's spatial memory, the only change to the tokens; frame 2 (within the
+    window) and a frame holding no recent memory still do."""
+    model, variables = shorten_memory(*tiny, 3)
+    cfg = model.config
+    windowed = model.clone(config=dataclasses.replace(cfg, cond_memory_in_window_only=True))
+    feats = np.random.default_rng(2).normal(size=(8, cfg.embed_size, cfg.embed_size, 64))
+    for frame, window, dropped in ((7, 2, True), (2, 2, False), (7, 0, False)):
+        bank = _bank(cfg, feats, frame, window)
+        tpos = jnp.asarray(np.random.default_rng(3).normal(size=(3, 64)), jnp.float32)
+        args = (bank, jnp.int32(frame), tpos, lambda p: jnp.repeat(p[..., None], 64, -1), True)
+        mem, pos, mask, _ = memory_tokens(*args)
+        w_mem, w_pos, w_mask, _ = memory_tokens(*args, cond_in_window_only=True)
+        np.testing.assert_array_equal(w_mem, mem)
+        np.testing.assert_array_equal(w_pos, pos)
+        hw = cfg.embed_size**2
+        assert mask[0, :hw].all()
+        assert (~w_mask[0, :hw]).all() if dropped else w_mask[0, :hw].all()
+        np.testing.assert_array_equal(w_mask[0, hw:], mask[0, hw:])
+        # and the model config reaches the tokens
+        full = _conditioned(model, variables, feats, frame, window)
+        got = _conditioned(windowed, variables, feats, frame, window)
+        assert (np.abs(got - full).max() > 1e-3) == dropped

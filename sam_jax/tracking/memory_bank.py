@@ -124,12 +124,15 @@ def memory_tokens(
     ptr_tpos: Callable[[jnp.ndarray], jnp.ndarray],
     signed_ptr_tpos: bool,
     max_obj_ptrs: int = 16,
+    cond_in_window_only: bool = False,
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, int]:
     """The memory a frame attends to, in fixed shape.
 
     maskmem_tpos_enc: (num_maskmem, m) temporal encodings of spatial memories;
     ptr_tpos: maps (..., ) float normalised pointer distances to (..., m) encodings (1-D
-    sine, projected in SAM 2.1); signed_ptr_tpos: SAM 2.1's signed distances.
+    sine, projected in SAM 2.1); signed_ptr_tpos: SAM 2.1's signed distances;
+    cond_in_window_only: a conditioning frame's spatial memory counts only within R frames
+    of it, or while no recent memory counts (`Sam2Config.cond_memory_in_window_only`).
     Returns memory (O, M, m), memory_pos (O, M, m), mask (O, M) bool and the static
     number of pointer tokens, M = (C + R) * g * g + (C + Q) * (D // m).
     """
@@ -157,8 +160,12 @@ def memory_tokens(
         [bank.cond_feats.reshape(o, c * hw, m), bank.recent_feats.reshape(o, r * hw, m)], 1
     )
     frames_pos = jnp.concatenate([cond_pos.reshape(o, c * hw, m), recent_pos.reshape(o, -1, m)], 1)
+    cond_ok = bank.cond_valid
+    if cond_in_window_only:
+        near = jnp.abs(frame_idx - bank.cond_frames) <= r
+        cond_ok = cond_ok & (near | ~recent_ok.any(axis=1, keepdims=True))
     frames_ok = jnp.concatenate(
-        [jnp.repeat(bank.cond_valid, hw, axis=1), jnp.repeat(recent_ok, hw, axis=1)], 1
+        [jnp.repeat(cond_ok, hw, axis=1), jnp.repeat(recent_ok, hw, axis=1)], 1
     )
 
     # Object pointers: past (or, in reverse, future) conditioning frames, then recent

@@ -127,6 +127,7 @@ def condition_on_memory(m, bank: MemoryBank, frame_idx, vision: jnp.ndarray) -> 
         lambda p: _ptr_tpos(m, p),
         signed_ptr_tpos=cfg.sam2_1,
         max_obj_ptrs=cfg.max_obj_ptrs_in_encoder,
+        cond_in_window_only=cfg.cond_memory_in_window_only,
     )
     curr = jnp.broadcast_to(vision.reshape(1, g * g, d), (o, g * g, d))
     pos = jnp.asarray(sine_position_encoding(g, g, d).reshape(1, g * g, d))
