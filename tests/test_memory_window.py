@@ -91,15 +91,15 @@ def test_cond_memory_in_window_only(tiny):
     cfg = model.config
     windowed = model.clone(config=dataclasses.replace(cfg, cond_memory_in_window_only=True))
     feats = np.random.default_rng(2).normal(size=(8, cfg.embed_size, cfg.embed_size, 64))
+    tpos = jnp.asarray(np.random.default_rng(3).normal(size=(3, 64)), jnp.float32)
+    hw = cfg.embed_size**2
     for frame, window, dropped in ((7, 2, True), (2, 2, False), (7, 0, False)):
         bank = _bank(cfg, feats, frame, window)
-        tpos = jnp.asarray(np.random.default_rng(3).normal(size=(3, 64)), jnp.float32)
         args = (bank, jnp.int32(frame), tpos, lambda p: jnp.repeat(p[..., None], 64, -1), True)
         mem, pos, mask, _ = memory_tokens(*args)
         w_mem, w_pos, w_mask, _ = memory_tokens(*args, cond_in_window_only=True)
         np.testing.assert_array_equal(w_mem, mem)
         np.testing.assert_array_equal(w_pos, pos)
-        hw = cfg.embed_size**2
         assert mask[0, :hw].all()
         assert (~w_mask[0, :hw]).all() if dropped else w_mask[0, :hw].all()
         np.testing.assert_array_equal(w_mask[0, hw:], mask[0, hw:])
