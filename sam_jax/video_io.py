@@ -14,6 +14,7 @@ keeps the last few frames).
 
 from __future__ import annotations
 
+import abc
 import collections
 import os
 import re
@@ -27,21 +28,21 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
 
 
-class FrameSource:
-    """Random access to frames: len(src), src[i] -> (H, W, 3) uint8, src.height/width."""
+class FrameSource(abc.ABC):
+    """Random access to frames: len(src), src[i] -> (H, W, 3) uint8, src.hw."""
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __getitem__(self, i: int) -> np.ndarray: ...
 
     @property
     def hw(self) -> tuple[int, int]:
         return tuple(self[0].shape[:2])
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - optional hook: most sources hold nothing open
+        """Release what the source holds open (a decoder); a no-op by default."""
 
 
 def _check_frame(frame: Any, where: str) -> np.ndarray:
@@ -96,8 +97,9 @@ class _Cached(FrameSource):
         self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._size = size
 
+    @abc.abstractmethod
     def _load(self, i: int) -> np.ndarray:
-        raise NotImplementedError
+        """Decode frame i (bounds already checked)."""
 
     def __getitem__(self, i: int) -> np.ndarray:
         i = int(i)
