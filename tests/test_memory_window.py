@@ -1,6 +1,6 @@
 """`shorten_memory`: a smaller num_maskmem equals the original model with the memories
-beyond the window dropped, and the training clip runs with it; `cond_memory_in_window_only`
-drops the conditioning frame's memory beyond the window."""
+beyond the window dropped (tests/test_train.py runs the clip loss on a shortened model);
+`cond_memory_in_window_only` drops the conditioning frame's memory beyond the window."""
 
 from __future__ import annotations
 
@@ -68,19 +68,6 @@ def test_shorter_window_equals_dropping_older_memories(tiny):
     assert np.abs(full - dropped).max() > 1e-3  # the older memories did matter
     with pytest.raises(ValueError, match="num_maskmem must be in"):
         shorten_memory(model, variables, 8)
-
-
-def test_clip_loss_runs_with_a_short_window(tiny):
-    from sam_jax.train.recipes import normalise
-    from sam_jax.train.synthetic import video
-    from sam_jax.train.video_step import clip_loss
-
-    model, variables = shorten_memory(*tiny, 2)
-    frames, masks = video(5, 4, 64)
-    loss, _ = clip_loss(
-        model, variables, normalise(frames[None], TINY2), masks[None, :, :1], jax.random.key(0)
-    )
-    assert np.isfinite(float(loss))
 
 
 def test_cond_memory_in_window_only(tiny):
