@@ -217,8 +217,8 @@ def test_fine_tuned_decoder_exports_to_the_same_masks(small_ref, tmp_path):
     fresh.eval()
     pts = np.array([[[60.0, 80.0]], [[150.0, 40.0]]], np.float32)
     lab = np.ones((2, 1), np.int32)
-    ours, _ = model.apply(tuned, x[:2], point_coords=pts, point_labels=lab)
-    old, _ = model.apply(before, x[:2], point_coords=pts, point_labels=lab)
+    predict = jax.jit(lambda v: model.apply(v, x[:2], point_coords=pts, point_labels=lab)[0])
+    ours, old = predict(tuned), predict(before)  # one compile
     with torch.no_grad():
         emb = fresh.image_encoder(to_nchw(x[:2]))
         sp, de = fresh.prompt_encoder((torch.from_numpy(pts), torch.from_numpy(lab)), None, None)

@@ -346,11 +346,14 @@ def test_vit_patch_size_sets_the_embedding_grid():
     cfg = dataclasses.replace(TINY, encoder=dataclasses.replace(TINY.encoder, patch_size=8))
     assert (cfg.embed_size, cfg.mask_input_size) == (8, 32)
     model = build_from_config(cfg)
-    variables = sam_jax.init_params(model, jax.random.key(0))
+    variables = variable_shapes(model)  # shapes are all this needs: nothing is computed
     x, _ = _batch(1)
-    emb = model.apply(variables, x, method="encode_image")
-    logits, iou = model.apply(
-        variables, x, point_coords=np.array([[[20.0, 30.0]]]), point_labels=np.array([[1]])
+    emb = jax.eval_shape(lambda v: model.apply(v, x, method="encode_image"), variables)
+    logits, iou = jax.eval_shape(
+        lambda v: model.apply(
+            v, x, point_coords=np.array([[[20.0, 30.0]]]), point_labels=np.array([[1]])
+        ),
+        variables,
     )
     assert emb.shape == (1, 8, 8, 32) and logits.shape == (1, 3, 32, 32)
 
@@ -380,8 +383,8 @@ def test_repatch_sees_the_image_as_the_old_model_sees_it_upsampled():
     up = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
     pts, lab = np.array([[[20.0, 30.0]], [[40.0, 12.0]]]), np.ones((2, 1), np.int32)
     # pixel centres: x + 0.5 at 64 px is 2x + 1 at 128 px
-    want, want_iou = big.apply(variables, up, point_coords=2 * pts + 0.5, point_labels=lab)
-    got, got_iou = fine.apply(fine_vars, x, point_coords=pts, point_labels=lab)
+    want, want_iou = jax.jit(big.apply)(variables, up, point_coords=2 * pts + 0.5, point_labels=lab)
+    got, got_iou = jax.jit(fine.apply)(fine_vars, x, point_coords=pts, point_labels=lab)
     assert got.shape == want.shape == (2, 3, 32, 32)
     scale = float(np.abs(want).max())
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5 * scale)
