@@ -11,18 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import sam_jax
 from sam_jax.checkpoint import build_from_config
 from sam_jax.tracking.memory_bank import empty_bank, memory_tokens
 from sam_jax.tracking.memory_window import shorten_memory
 from sam_jax.tracking.track_step import condition_on_memory
-from tests.tiny_configs import TINY2
+from tests.tiny_configs import TINY2, random_variables
 
 
 @pytest.fixture(scope="module")
 def tiny():
     model = build_from_config(TINY2)
-    variables = sam_jax.init_params(model, jax.random.key(0))
+    variables = random_variables(model)
     # a temporal table with distinct rows, so a wrong row would show
     table = jax.random.normal(jax.random.key(1), variables["params"]["maskmem_tpos_enc"].shape)
     variables = {**variables, "params": {**variables["params"], "maskmem_tpos_enc": table}}

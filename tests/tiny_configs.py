@@ -1,7 +1,12 @@
-"""Small SAM 2 config shared by the training tests (fast to build and compile)."""
+"""Small SAM 2 config shared by the training tests (fast to build and compile), and cheap
+random variables for test models."""
 
 from __future__ import annotations
 
+import flax
+import numpy as np
+
+from sam_jax.checkpoint import variable_shapes
 from sam_jax.config import HieraConfig, Sam2Config
 
 TINY2 = Sam2Config(
@@ -13,3 +18,19 @@ TINY2 = Sam2Config(
     memory_attention_layers=1,
     memory_attention_mlp_dim=64,
 )
+
+
+def random_variables(model, seed: int = 0) -> dict:
+    """Seeded random variables for `model`, drawn in numpy: what `sam_jax.init_params` gives
+    costs a 20-40 s compile of every initializer, too slow for test fixtures. Kernels
+    (..., in, out) ~ N(0, 1/fan_in), norm scales ~ 1 + N(0, 0.2^2), the rest ~ N(0, 0.2^2)."""
+    rng = np.random.default_rng(seed)
+    flat = flax.traverse_util.flatten_dict(variable_shapes(model))
+
+    def draw(path, s):
+        if path[-1] == "kernel":
+            return rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))
+        return (path[-1] == "scale") + 0.2 * rng.standard_normal(s.shape)
+
+    out = {k: draw(k, s).astype(s.dtype) for k, s in sorted(flat.items())}
+    return flax.traverse_util.unflatten_dict(out)
