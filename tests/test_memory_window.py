@@ -22,7 +22,8 @@ from tests.tiny_configs import TINY2, random_variables
 def tiny():
     model = build_from_config(TINY2)
     variables = random_variables(model)
-    # a temporal table with distinct rows, so a wrong row would show
+    # a unit-scale temporal table (random_variables draws 0.2-scale tables): its rows differ
+    # enough that a wrong row would show
     table = jax.random.normal(jax.random.key(1), variables["params"]["maskmem_tpos_enc"].shape)
     variables = {**variables, "params": {**variables["params"], "maskmem_tpos_enc": table}}
     return model, variables
