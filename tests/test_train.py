@@ -21,7 +21,7 @@ from sam_jax.train import clicks, losses
 from sam_jax.train.repatch import repatch
 from sam_jax.train.step import TrainState, make_optimizer, make_train_step
 from sam_jax.train.synthetic import scene, video
-from tests.tiny_configs import TINY2
+from tests.tiny_configs import TINY2, random_variables
 
 TINY = SamConfig(
     ViTConfig(32, 2, 2, (1,), window_size=4, out_chans=32, pretrain_image_size=64),
@@ -133,7 +133,7 @@ def test_loss_decreases_and_bf16_and_remat_run():
     assert _changed_modules(before["params"], after["params"]) == set(before["params"])
     assert not _changed_modules(before["buffers"], after["buffers"])  # buffers never train
     remat_model = build_from_config(TINY, remat=True)
-    bf16 = make_train_step(remat_model, tx, num_corrections=1, compute_dtype=jnp.bfloat16)
+    bf16 = make_train_step(remat_model, tx, num_corrections=0, compute_dtype=jnp.bfloat16)
     state2, met2 = bf16(TrainState.create(variables, tx), x, t, jax.random.key(0))
     assert np.isfinite(float(met2["loss"]))
     assert state2.variables["params"]["mask_decoder"]["iou_token"]["weight"].dtype == jnp.float32
@@ -152,18 +152,18 @@ def test_synthetic_data_masks_are_exact_and_visible():
 SHARDING_SCRIPT = textwrap.dedent(
     """
     import json, jax, numpy as np, optax
-    import sam_jax
     from sam_jax.checkpoint import build_from_config
     from sam_jax.train.sharding import make_mesh, shard_batch, shard_tree
     from sam_jax.train.step import TrainState, make_train_step
     from tests.test_train import TINY, _batch
+    from tests.tiny_configs import random_variables
     assert len(jax.devices()) == 4, jax.devices()
     model = build_from_config(TINY)
-    variables = sam_jax.init_params(model, jax.random.key(0))
+    variables = random_variables(model)
     # Plain SGD: Adam's first step is lr * sign(g), which turns float-level differences in
     # near-zero gradients into lr-sized parameter differences.
     tx = optax.sgd(0.1)
-    step = make_train_step(model, tx, num_corrections=1)
+    step = make_train_step(model, tx, num_corrections=0)  # no corrective click: less to compile
     x, t = _batch(8)
     key = jax.random.key(3)
     single, m1 = step(TrainState.create(variables, tx), x, t, key)
@@ -186,7 +186,7 @@ SHARDING_SCRIPT = textwrap.dedent(
 
 
 def test_sharded_step_matches_single_device():
-    # keeps the caller's XLA flags (scripts/test.sh compiles this file's steps at -O0)
+    # keeps the caller's XLA flags (scripts/test.sh sets compile-time ones)
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
     env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -242,7 +242,7 @@ def test_demo_command_runs(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_sam2():
     model = build_from_config(TINY2)
-    return model, sam_jax.init_params(model, jax.random.key(0))
+    return model, random_variables(model)
 
 
 def test_clip_step_trains_through_the_tracking_memory(tiny_sam2):
@@ -262,7 +262,8 @@ def test_clip_step_trains_through_the_tracking_memory(tiny_sam2):
     clips = normalise(frames[None], TINY2)
     targets = masks[None, :, int(np.argmax(areas))]
     tx = make_optimizer(variables["params"], "all", 1e-3, weight_decay=0.0)
-    step = make_train_step(model, tx, num_corrections=1, loss_fn=clip_loss)
+    # no corrective click (less to compile): the image-mode test below runs clip_loss with one
+    step = make_train_step(model, tx, num_corrections=0, loss_fn=clip_loss)
     before = jax.tree.map(np.asarray, variables["params"])
     state, met = step(TrainState.create(variables, tx), clips, targets, jax.random.key(1))
     after = state.variables["params"]

@@ -296,7 +296,8 @@ def test_memory_state_size_independent_of_video_length():
 def test_disk_history_equals_ram_history(tmp_path):
     """The disk-backed history gives the same results as the in-RAM one (re-propagation
     and a correction read it back), and its files go away with the session; the image
-    encoder inside the scan gives the same results as encoding ahead."""
+    encoder inside the scan gives the same results as encoding ahead (to float rounding:
+    XLA fuses the encoder differently inside the scan)."""
     setup = _setup(SMALL["2.1"], score_shift=1.0)
     s = setup.cfg.image_size
     video = _video(7, s, s)
@@ -322,7 +323,7 @@ def test_disk_history_equals_ram_history(tmp_path):
             assert len(list(tmp_path.iterdir())) == 1
             vp.close(state)
             assert not list(tmp_path.iterdir())
-    np.testing.assert_array_equal(results["ram"], results["disk"])
+    np.testing.assert_allclose(results["ram"], results["disk"], rtol=1e-5, atol=1e-5)
 
 
 def test_pure_track_step_matches_propagation():
