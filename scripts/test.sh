@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 # Most of the suite's time goes to XLA compiling small programs, not running them. Two
 # compiler flags cut that about threefold: LLVM at -O0, and XLA:CPU's elemental emitters
 # instead of its MLIR fusion emitters (a tiny SAM train step's gradient: 31 s -> 10 s; it
-# runs as fast). Every test runs with them; the library's defaults are untouched.
+# runs as fast). Every test runs with them (but for run-bound notebook kernels, see
+# tests/test_notebooks.py); the library's defaults are untouched.
 # XLA aborts on a flag it does not know, so a jaxlib that dropped one runs without it.
 SUITE_FLAGS="--xla_backend_optimization_level=0"
 FAST="--xla_cpu_use_fusion_emitters=false"

@@ -47,7 +47,9 @@ def assert_converted_matches(path: Path, variant: str) -> None:
     assert n_params == count
     for full_path, value in flat.items():  # every value came from its key, layout fixed
         key = torch_key(full_path[1:])
-        np.testing.assert_array_equal(flax_to_torch(full_path[1:], np.asarray(value)), sd[key])
+        got = flax_to_torch(full_path[1:], np.asarray(value))
+        if not np.array_equal(got, sd[key]):  # 30x faster than the assert on sam_h's 2.5 GB
+            np.testing.assert_array_equal(got, sd[key], err_msg=key)
 
 
 @pytest.mark.parametrize("variant", ["sam_b", "sam_l", "sam_h"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -9,6 +10,10 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+# scripts/test.sh sets XLA flags that compile fast and run slower (-O0). The fine-tuning
+# notebook's 20 train steps are run-bound: with the library's defaults it takes 92 s
+# alone instead of 127 s, so its kernel gets them.
+RUN_BOUND = {"04_finetune"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -17,4 +22,7 @@ def test_notebook_runs(path, tmp_path):
     client = NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
-    client.execute()
+    env = dict(os.environ)
+    if path.stem in RUN_BOUND:
+        env.pop("XLA_FLAGS", None)
+    client.execute(env=env)
