@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.refere
 def build_pair(variant: str, size: int, seed: int = 0):
     """(ultralytics SAMModel with random weights, our model, our variables) at input size."""
     import torch
-    from sam_jax.convert.keymap import state_dict_to_variables
 
     from sam_jax.checkpoint import build_from_config, variable_shapes
     from sam_jax.config import variant_config
+    from sam_jax.convert.keymap import state_dict_to_variables
     from tests.reference import build_reference_sam, build_reference_vit, randomize_
 
     cfg = variant_config(variant, size)
@@ -104,7 +104,7 @@ def main() -> None:
     import jax
     import torch
 
-    from sam_jax.predictor import Predictor
+    from sam_jax.predictors.image import Predictor
 
     print(
         f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} with {torch.get_num_threads()} threads"

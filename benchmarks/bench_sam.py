@@ -17,9 +17,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from common import compile_time, median_time, report  # noqa: E402
 from reference import randomize_, to_nchw  # noqa: E402
-from sam_jax.convert.keymap import state_dict_to_variables  # noqa: E402
 
 from sam_jax.checkpoint import build, variable_shapes  # noqa: E402
+from sam_jax.convert.keymap import state_dict_to_variables  # noqa: E402
 
 
 def main() -> None:

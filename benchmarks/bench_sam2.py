@@ -25,9 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam_jax.convert.keymap import state_dict_to_variables  # noqa: E402
-
 from sam_jax.config import VARIANTS  # noqa: E402
+from sam_jax.convert.keymap import state_dict_to_variables  # noqa: E402
 from sam_jax.models.sam2 import Sam2  # noqa: E402
 from tests.reference import nchw, randomize_, rel_err, to_nchw  # noqa: E402
 from tests.reference_sam2 import build_reference_sam2  # noqa: E402

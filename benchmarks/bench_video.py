@@ -69,10 +69,10 @@ def build_reference(image_size: int, seed: int = 0):
 def jax_weights(image_size: int, path: str) -> None:
     """Convert the reference's random weights into a .safetensors file for sam-jax."""
     import jax
-    from sam_jax.convert.keymap import state_dict_to_variables
 
     import sam_jax
     from sam_jax.checkpoint import build_from_config, variable_shapes
+    from sam_jax.convert.keymap import state_dict_to_variables
 
     cfg, ref = build_reference(image_size)
     model = build_from_config(cfg)
@@ -168,10 +168,10 @@ def interleaved_fps(image_size: int, num_frames: int, n_obj: int, chunk: int) ->
     nothing left in flight), resumed from the history as the reference resumes from its
     output dicts."""
     import jax
-    from sam_jax.convert.keymap import state_dict_to_variables
 
     import sam_jax
     from sam_jax.checkpoint import build_from_config, variable_shapes
+    from sam_jax.convert.keymap import state_dict_to_variables
 
     cfg, ref = build_reference(image_size)
     model = build_from_config(cfg)

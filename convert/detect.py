@@ -53,19 +53,25 @@ def _tiny_vit_signature(sd: Mapping) -> dict | None:
 
 def _hiera_signature(sd: Mapping) -> dict | None:
     """SAM 2 Hiera: width and blocks per stage (a stage's first block projects its input
-    to the doubled width); 2.0 vs 2.1 from the parameters only 2.1 has."""
+    to the doubled width); the SAM 2.1 behaviours from the parameters they add."""
     w = sd.get("image_encoder.trunk.patch_embed.proj.weight")
     if w is None:
         return None
     depth = _count(sd, "image_encoder.trunk.blocks", "norm1.weight")
     starts = [i for i in range(depth) if f"image_encoder.trunk.blocks.{i}.proj.weight" in sd]
     bounds = [0, *starts, depth]
-    sam2_1 = "no_obj_embed_spatial" in sd or "obj_ptr_tpos_proj.weight" in sd
+    no_obj_embed_spatial = "no_obj_embed_spatial" in sd
+    proj_tpos = "obj_ptr_tpos_proj.weight" in sd
     return {
         "type": HieraConfig,
         "embed_dim": int(np.shape(w)[0]),
         "stages": tuple(bounds[i + 1] - bounds[i] for i in range(len(bounds) - 1)),
-        "model": {"sam2_1": sam2_1},
+        "model": {
+            "no_obj_embed_spatial": no_obj_embed_spatial,
+            "proj_tpos_enc_in_obj_ptrs": proj_tpos,
+            # No parameter tells the signed encoding: it comes with the other 2.1 behaviours.
+            "use_signed_tpos_enc_to_obj_ptrs": no_obj_embed_spatial or proj_tpos,
+        },
     }
 
 

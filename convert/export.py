@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 
 import flax.linen as nn
+
 from sam_jax.convert.keymap import variables_to_state_dict
 
 

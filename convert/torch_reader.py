@@ -324,9 +324,10 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     state: dict[str, np.ndarray] = {}
     for name, value in obj.items():
         if not isinstance(name, str) or not isinstance(value, np.ndarray):
+            what = f"a {type(value).__name__}" if isinstance(name, str) else "not named by text"
             raise CheckpointError(
-                f"{os.fspath(path)} is not a state dict of tensors: entry {name!r} is a "
-                f"{type(value).__name__}"
+                f"{os.fspath(path)} holds no model state dict: entry {name!r} is {what}, not "
+                "a named tensor (expected {name: tensor} or {'model': {name: tensor}})"
             )
         state[name] = value
     return state

@@ -7,8 +7,18 @@ emb = model.apply(params, images, method="encode_image")
 
 from sam_jax.checkpoint import build, init_params, load, save
 from sam_jax.config import VARIANTS
-from sam_jax.predictor import Predictor
-from sam_jax.video_predictor import VideoPredictor
+from sam_jax.predictors.image import Predictor
+from sam_jax.predictors.mask_generator import MaskGenerator
+from sam_jax.predictors.video import VideoPredictor
 
-__all__ = ["VARIANTS", "Predictor", "VideoPredictor", "build", "init_params", "load", "save"]
+__all__ = [
+    "VARIANTS",
+    "MaskGenerator",
+    "Predictor",
+    "VideoPredictor",
+    "build",
+    "init_params",
+    "load",
+    "save",
+]
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from sam_jax.config import Sam2Config, SamConfig, config_from_json, config_to_json, variant_config
@@ -29,6 +29,8 @@ MODELS: dict[type, type[nn.Module]] = {SamConfig: Sam, Sam2Config: Sam2}
 
 FORMAT = "sam_jax"
 TORCH_SUFFIXES = (".pt", ".pth")
+SAFETENSORS_SUFFIX = ".safetensors"
+CHECKPOINT_SUFFIXES = (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES)
 BUNDLED_DIR = Path(__file__).parent / "weights"
 
 
@@ -105,17 +107,33 @@ def _check_tree(variables: Mapping, expected: Mapping, source: str) -> None:
         raise ValueError(f"{source} does not fit the model:\n  " + "\n  ".join(problems[:20]))
 
 
+def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[tuple[str, ...], np.ndarray]]:
+    """(metadata, {key path: array}); ValueError naming the file if it is not safetensors."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            flat = {tuple(k.split("/")): f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise ValueError(f"{path} is not a safetensors file: {e}") from e
+    return meta, flat
+
+
+def _saved_config(path: Path, meta: Mapping[str, str]) -> Any:
+    """The model config `save` wrote into the file's metadata."""
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise ValueError(
+            f"{path} has no sam_jax metadata; pass variant= (sam-jax: --variant) to load it"
+        )
+    try:
+        return config_from_json(meta["config"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} has sam_jax metadata that names no model config: {e}") from e
+
+
 def _load_safetensors(path: Path, variant: str | None, image_size: int | None):
-    with safe_open(str(path), framework="numpy") as f:
-        meta = f.metadata() or {}
-        flat = {tuple(k.split("/")): f.get_tensor(k) for k in f.keys()}
+    meta, flat = _read_safetensors(path)
     flat = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in flat.items()}
-    if variant is not None:
-        config = variant_config(variant)
-    elif meta.get("format") == FORMAT and "config" in meta:
-        config = config_from_json(meta["config"])
-    else:
-        raise ValueError(f"{path} has no sam_jax metadata; pass variant= to load it")
+    config = variant_config(variant) if variant is not None else _saved_config(path, meta)
     if image_size is not None:
         config = dataclasses.replace(config, image_size=image_size)
     model = build_from_config(config)
@@ -137,6 +155,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     bundled = bundled_models()
     if str(path) in bundled:
         return bundled[str(path)]
+    if p.is_dir():
+        raise IsADirectoryError(f"{p} is a folder, not a checkpoint file")
     names = ", ".join(bundled) or "none"
     raise FileNotFoundError(f"no such checkpoint file: {p} (bundled models: {names})")
 
@@ -145,11 +165,25 @@ def load(
     path: str | os.PathLike, variant: str | None = None, image_size: int | None = None
 ) -> tuple[nn.Module, dict]:
     """Load a Meta / ultralytics torch checkpoint (.pt/.pth, read without torch), a sam_jax
-    .safetensors file, or a bundled model by name (`bundled_models()`). Returns (model, variables) ready for `model.apply`."""
+    .safetensors file, or a bundled model by name (`bundled_models()`). Returns (model,
+    variables) ready for `model.apply`.
+
+    Raises FileNotFoundError when there is no such file or bundled model, and ValueError
+    naming the file when it has another suffix than CHECKPOINT_SUFFIXES, cannot be read as
+    its suffix says, or holds no weights that fit a model."""
     path = resolve_checkpoint(path)
-    if path.suffix == ".safetensors":
+    suffix = path.suffix.lower()
+    if suffix == SAFETENSORS_SUFFIX:
         return _load_safetensors(path, variant, image_size)
-    state_dict = read_state_dict(path)
-    model = build(variant or detect_variant(state_dict), image_size)
-    variables = state_dict_to_variables(state_dict, variable_shapes(model))
+    if suffix not in TORCH_SUFFIXES:
+        raise ValueError(
+            f"{path}: unknown checkpoint suffix {path.suffix!r}; expected one of "
+            + ", ".join(CHECKPOINT_SUFFIXES)
+        )
+    state_dict = read_state_dict(path)  # CheckpointError (a ValueError) names the file
+    try:
+        model = build(variant or detect_variant(state_dict), image_size)
+        variables = state_dict_to_variables(state_dict, variable_shapes(model))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
     return model, variables

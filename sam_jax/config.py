@@ -1,17 +1,18 @@
-"""Model configurations: frozen dataclasses, and the table of named variants.
+"""Model configurations: frozen keyword-only dataclasses, and the table of named variants.
 
 Variants are data: a name maps to a config, and one set of modules reads every config.
-The numbers are those of the reference checkpoints (see REFERENCE.md).
+The numbers of the reference variants are the architectures of the official SAM, MobileSAM,
+SAM 2 and SAM 2.1 checkpoints (docs/reference.md lists the sources).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, TypeAlias
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ViTConfig:
     """SAM's plain ViT image encoder (sam_b / sam_l / sam_h)."""
 
@@ -32,7 +33,7 @@ class ViTConfig:
         return self.patch_size
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class TinyViTConfig:
     """MobileSAM's TinyViT image encoder: a conv stage, then windowed-attention stages.
 
@@ -74,11 +75,11 @@ class _Grid:
         return 4 * self.embed_size
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SamConfig(_Grid):
     """A SAM model: image encoder + prompt encoder + two-way-transformer mask decoder."""
 
-    encoder: Any = dataclasses.field(default_factory=ViTConfig)
+    encoder: ViTConfig | TinyViTConfig = dataclasses.field(default_factory=ViTConfig)
     name: str = "custom"  # variant name, written into saved files
     image_size: int = 1024
     prompt_embed_dim: int = 256
@@ -93,7 +94,7 @@ class SamConfig(_Grid):
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class HieraConfig:
     """SAM 2's Hiera trunk (sam2_* / sam2.1_*)."""
 
@@ -117,16 +118,25 @@ class HieraConfig:
         return tuple(int(self.embed_dim * self.dim_mul**i) for i in range(len(self.stages)))[::-1]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Sam2Config(_Grid):
     """A SAM 2 / 2.1 model: Hiera + FPN image encoder, SAM 2 heads and the memory modules."""
 
-    encoder: Any = dataclasses.field(default_factory=HieraConfig)
+    encoder: HieraConfig = dataclasses.field(default_factory=HieraConfig)
     name: str = "custom"
     image_size: int = 1024  # any multiple of 32
-    # SAM 2.1 adds no_obj_embed_spatial and a projection of the pointers' temporal encoding,
-    # and signs the pointers' temporal distance.
-    sam2_1: bool = False
+    # The three behaviours SAM 2.1 adds to SAM 2 (Meta's names; `SAM2_1` sets all three).
+    # A learned (mem_dim,) embedding added to the spatial memory of frames where the object
+    # is absent (object score <= 0); adds the parameter `no_obj_embed_spatial`.
+    no_obj_embed_spatial: bool = False
+    # The object pointers' temporal encoding is a d_model-wide 1-D sine projected to mem_dim
+    # by a learned linear layer (`obj_ptr_tpos_proj`); False: a mem_dim-wide sine, unprojected.
+    proj_tpos_enc_in_obj_ptrs: bool = False
+    # Conditioning frames' pointers are encoded by their frame distance times the tracking
+    # direction (+1 forward, -1 reverse); False: by its absolute value. No parameter. The two
+    # agree for every pointer a frame attends to here, all from frames already tracked (as in
+    # the reference at inference); the flag follows the reference's config.
+    use_signed_tpos_enc_to_obj_ptrs: bool = False
     d_model: int = 256  # FPN width = prompt embedding width = memory attention width
     fpn_top_down_levels: tuple[int, ...] = (2, 3)
     scalp: int = 1  # coarsest FPN levels dropped
@@ -145,11 +155,13 @@ class Sam2Config(_Grid):
     multimask_output_for_tracking: bool = True
     mem_dim: int = 64
     num_maskmem: int = 7
-    # False (the reference): every frame attends to the conditioning frames' spatial memory.
-    # True: a conditioning frame's spatial memory is attended to, like a recent frame's, only
-    # from frames within num_maskmem - 1 of it (or while no recent memory is held). A model
-    # whose memory reads by position alone is otherwise pulled back to where it was clicked.
-    cond_memory_in_window_only: bool = False
+    # Which frames attend to a conditioning (prompted) frame's spatial memory; one of
+    # CONDITIONING_MEMORY. "always" (the reference's behaviour): every frame does.
+    # "in_window": only frames within num_maskmem - 1 of it, as for a recent frame's memory,
+    # or frames that hold no recent memory. Its object pointer is attended to either way.
+    # Use "in_window" for a model that finds the object in its memory by position rather than
+    # by appearance: it is otherwise pulled back to where the object was when prompted.
+    conditioning_memory: str = "always"
     memory_attention_layers: int = 4
     memory_attention_mlp_dim: int = 2048
     max_obj_ptrs_in_encoder: int = 16
@@ -160,65 +172,140 @@ class Sam2Config(_Grid):
     # The official files hold {"model": state_dict}; convert/export.py writes them alike.
     wraps_state_dict: bool = True
 
+    def __post_init__(self) -> None:
+        check_conditioning_memory(self.conditioning_memory)
+
+
+# The values of Sam2Config.conditioning_memory.
+CONDITIONING_MEMORY: tuple[str, ...] = ("always", "in_window")
+
+
+def check_conditioning_memory(value: str) -> None:
+    """ValueError unless `value` is one of CONDITIONING_MEMORY."""
+    if value not in CONDITIONING_MEMORY:
+        allowed = ", ".join(map(repr, CONDITIONING_MEMORY))
+        raise ValueError(f"conditioning_memory must be one of {allowed}; got {value!r}")
+
+
+# The Sam2Config fields of a SAM 2.1 model: all three behaviours 2.1 adds to SAM 2.
+SAM2_1: dict[str, bool] = {
+    "no_obj_embed_spatial": True,
+    "proj_tpos_enc_in_obj_ptrs": True,
+    "use_signed_tpos_enc_to_obj_ptrs": True,
+}
+# Any model config: what VARIANTS holds and `sam_jax.build` accepts.
+ModelConfig: TypeAlias = SamConfig | Sam2Config
+
 
 ENCODER_TYPES: dict[str, type] = {"vit": ViTConfig, "tiny_vit": TinyViTConfig, "hiera": HieraConfig}
 MODEL_TYPES: dict[str, type] = {"sam": SamConfig, "sam2": Sam2Config}
 
-VARIANTS: dict[str, SamConfig] = {
-    "sam_b": SamConfig(ViTConfig(768, 12, 12, (2, 5, 8, 11)), "sam_b"),
-    "sam_l": SamConfig(ViTConfig(1024, 24, 16, (5, 11, 17, 23)), "sam_l"),
-    "sam_h": SamConfig(ViTConfig(1280, 32, 16, (7, 15, 23, 31)), "sam_h"),
-    # Small models trained here on synthetic shapes (sam_jax/train/recipes.py): trained
-    # from scratch with 16-px patches, then given 8-px patches (train/repatch.py), bundled.
-    **{
-        name: SamConfig(
-            ViTConfig(128, 4, 4, (1, 3), patch, window, out_chans=128, pretrain_image_size=256),
-            name,
-            image_size=256,
-            prompt_embed_dim=128,
-            decoder_mlp_dim=512,
-            decoder_num_heads=4,
-            iou_head_hidden_dim=128,
-        )
-        for name, patch, window in (("sam_tiny_shapes_p16", 16, 8), ("sam_tiny_shapes", 8, 16))
-    },
-    "mobile_sam": SamConfig(TinyViTConfig(), "mobile_sam"),
+VARIANTS: dict[str, ModelConfig] = {
+    "sam_b": SamConfig(
+        name="sam_b",
+        encoder=ViTConfig(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+    ),
+    "sam_l": SamConfig(
+        name="sam_l",
+        encoder=ViTConfig(
+            embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)
+        ),
+    ),
+    "sam_h": SamConfig(
+        name="sam_h",
+        encoder=ViTConfig(
+            embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)
+        ),
+    ),
+    # A small SAM trained on synthetic shapes (sam_jax/projects/shapes), bundled.
+    "sam_tiny_shapes": SamConfig(
+        name="sam_tiny_shapes",
+        encoder=ViTConfig(
+            embed_dim=128,
+            depth=4,
+            num_heads=4,
+            global_attn_indexes=(1, 3),
+            patch_size=8,
+            window_size=16,
+            out_chans=128,
+            pretrain_image_size=256,
+        ),
+        image_size=256,
+        prompt_embed_dim=128,
+        decoder_mlp_dim=512,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=128,
+    ),
+    "mobile_sam": SamConfig(name="mobile_sam", encoder=TinyViTConfig()),
 }
 
 
-# SAM 2 and 2.1 share architectures; 2.1 only adds a few memory-side parameters.
+# SAM 2 and 2.1 share architectures; 2.1 only adds the behaviours of SAM2_1.
 _HIERA = {
-    "t": HieraConfig(96, 1, (1, 2, 7, 2), (5, 7, 9), (8, 4, 14, 7), (7, 7)),
-    "s": HieraConfig(96, 1, (1, 2, 11, 2), (7, 10, 13), (8, 4, 14, 7), (7, 7)),
-    "b": HieraConfig(112, 2, (2, 3, 16, 3), (12, 16, 20), (8, 4, 14, 7), (14, 14)),
-    "l": HieraConfig(144, 2, (2, 6, 36, 4), (23, 33, 43), (8, 4, 16, 8), (7, 7)),
+    "t": HieraConfig(
+        embed_dim=96,
+        num_heads=1,
+        stages=(1, 2, 7, 2),
+        global_att_blocks=(5, 7, 9),
+        window_spec=(8, 4, 14, 7),
+        window_pos_embed_bkg_spatial_size=(7, 7),
+    ),
+    "s": HieraConfig(
+        embed_dim=96,
+        num_heads=1,
+        stages=(1, 2, 11, 2),
+        global_att_blocks=(7, 10, 13),
+        window_spec=(8, 4, 14, 7),
+        window_pos_embed_bkg_spatial_size=(7, 7),
+    ),
+    "b": HieraConfig(
+        embed_dim=112,
+        num_heads=2,
+        stages=(2, 3, 16, 3),
+        global_att_blocks=(12, 16, 20),
+        window_spec=(8, 4, 14, 7),
+        window_pos_embed_bkg_spatial_size=(14, 14),
+    ),
+    "l": HieraConfig(
+        embed_dim=144,
+        num_heads=2,
+        stages=(2, 6, 36, 4),
+        global_att_blocks=(23, 33, 43),
+        window_spec=(8, 4, 16, 8),
+        window_pos_embed_bkg_spatial_size=(7, 7),
+    ),
 }
 for _size, _hiera in _HIERA.items():
-    for _prefix, _is_2_1 in (("sam2", False), ("sam2.1", True)):
-        _name = f"{_prefix}_{_size}"
-        VARIANTS[_name] = Sam2Config(_hiera, _name, sam2_1=_is_2_1)
-del _size, _hiera, _prefix, _is_2_1, _name
-# Small SAM 2.1 trained here on synthetic videos (sam_jax/train/recipes.py), bundled;
-# its first stages ran at 128 px (an 8x8 grid for the heads), the later ones at 256.
+    VARIANTS[f"sam2_{_size}"] = Sam2Config(name=f"sam2_{_size}", encoder=_hiera)
+    VARIANTS[f"sam2.1_{_size}"] = Sam2Config(name=f"sam2.1_{_size}", encoder=_hiera, **SAM2_1)
+del _size, _hiera
+# A small SAM 2.1 trained on synthetic videos (sam_jax/projects/shapes), bundled. Trained
+# with 7 remembered frames, the conditioning frame always among them, and multimask
+# tracking; it tracks better with 3, the conditioning frame only within them, and the
+# single-mask output.
 VARIANTS["sam2_tiny_shapes"] = Sam2Config(
-    HieraConfig(32, 1, (1, 1, 2, 1), (3,), (8, 4, 6, 3), (7, 7)),
-    "sam2_tiny_shapes",
+    name="sam2_tiny_shapes",
+    encoder=HieraConfig(
+        embed_dim=32,
+        num_heads=1,
+        stages=(1, 1, 2, 1),
+        global_att_blocks=(3,),
+        window_spec=(8, 4, 6, 3),
+        window_pos_embed_bkg_spatial_size=(7, 7),
+    ),
     image_size=256,
-    sam2_1=True,
+    **SAM2_1,
     decoder_mlp_dim=512,
     iou_head_hidden_dim=128,
     memory_attention_layers=2,
     memory_attention_mlp_dim=512,
-    # Trained with 7 remembered frames, the conditioning frame always among them, and
-    # multimask tracking; it tracks better with 3, the conditioning frame only within
-    # them, and the single-mask output (tracking/memory_window.py, README).
     num_maskmem=3,
-    cond_memory_in_window_only=True,
+    conditioning_memory="in_window",
     multimask_output_for_tracking=False,
 )
 
 
-def variant_config(name: str, image_size: int | None = None) -> SamConfig:
+def variant_config(name: str, image_size: int | None = None) -> ModelConfig:
     """The config of a named variant, optionally at another square image size."""
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
@@ -230,7 +317,7 @@ def _type_name(table: dict[str, type], obj: Any) -> str:
     return next(k for k, v in table.items() if type(obj) is v)
 
 
-def config_to_json(cfg: Any) -> str:
+def config_to_json(cfg: ModelConfig) -> str:
     """Serialise a model config (for safetensors metadata)."""
     d = dataclasses.asdict(cfg)
     d["encoder"]["type"] = _type_name(ENCODER_TYPES, cfg.encoder)
@@ -242,10 +329,22 @@ def _tuples(d: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
-def config_from_json(text: str) -> Any:
-    """Inverse of `config_to_json`."""
+def _upgrade_legacy_keys(d: dict[str, Any]) -> dict[str, Any]:
+    """Model fields of files written by older versions, mapped to the current names:
+    `sam2_1` (one switch) -> the three SAM2_1 behaviours; `cond_memory_in_window_only`
+    (bool) -> `conditioning_memory`."""
+    d = dict(d)
+    if "sam2_1" in d:
+        d.update(dict.fromkeys(SAM2_1, bool(d.pop("sam2_1"))))
+    if "cond_memory_in_window_only" in d:
+        d["conditioning_memory"] = "in_window" if d.pop("cond_memory_in_window_only") else "always"
+    return d
+
+
+def config_from_json(text: str) -> ModelConfig:
+    """Inverse of `config_to_json`; also reads the field names of older files."""
     d = json.loads(text)
     enc = dict(d.pop("encoder"))
     enc_cls = ENCODER_TYPES[enc.pop("type")]
     cls = MODEL_TYPES[d.pop("type")]
-    return cls(encoder=enc_cls(**_tuples(enc)), **_tuples(d))
+    return cls(encoder=enc_cls(**_tuples(enc)), **_tuples(_upgrade_legacy_keys(d)))

@@ -1,8 +1,8 @@
 """Build ultralytics' SAM2Model (8.4.190) for a sam_jax Sam2Config, for parity tests.
 
-The flags are those ultralytics' SAM 2 builder sets (listed in REFERENCE.md); the 2.1 ones
-follow `cfg.sam2_1` instead of the checkpoint's file name, so any config can be built
-without a file. Other image sizes go through the reference's own `set_imgsz`.
+The flags are those ultralytics' SAM 2 builder sets (docs/reference.md); the three SAM 2.1
+ones follow the config's fields of the same names instead of the checkpoint's file name, so
+any config can be built without a file. Other image sizes go through the reference's own `set_imgsz`.
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ def build_reference_sam2(cfg: Sam2Config) -> torch.nn.Module:
         multimask_max_pt_num=1,
         use_mlp_for_obj_ptr_proj=True,
         compile_image_encoder=False,
-        no_obj_embed_spatial=cfg.sam2_1,
-        proj_tpos_enc_in_obj_ptrs=cfg.sam2_1,
-        use_signed_tpos_enc_to_obj_ptrs=cfg.sam2_1,
+        no_obj_embed_spatial=cfg.no_obj_embed_spatial,
+        proj_tpos_enc_in_obj_ptrs=cfg.proj_tpos_enc_in_obj_ptrs,
+        use_signed_tpos_enc_to_obj_ptrs=cfg.use_signed_tpos_enc_to_obj_ptrs,
         sam_mask_decoder_extra_args={
             "dynamic_multimask_via_stability": True,
             "dynamic_multimask_stability_delta": cfg.dynamic_multimask_stability_delta,

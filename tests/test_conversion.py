@@ -10,18 +10,23 @@ import pytest
 import torch
 from flax.traverse_util import flatten_dict
 from reference import build_reference_sam, build_reference_vit, randomize_, rel_err, to_nchw
-from sam_jax.convert.detect import detect_variant
-from sam_jax.convert.keymap import flax_to_torch, state_dict_to_variables, torch_key
-from sam_jax.convert.torch_reader import read_state_dict
 
 import sam_jax
 from sam_jax import checkpoint
 from sam_jax.checkpoint import build_from_config, variable_shapes
 from sam_jax.cli import main as cli_main
 from sam_jax.config import SamConfig, ViTConfig
+from sam_jax.convert.detect import detect_variant
+from sam_jax.convert.keymap import flax_to_torch, state_dict_to_variables, torch_key
+from sam_jax.convert.torch_reader import read_state_dict
 
 KEYS_DIR = Path(__file__).parent / "data" / "state_dict_keys"
-SMALL = SamConfig(ViTConfig(64, 2, 2, (1,), pretrain_image_size=256), image_size=256)
+SMALL = SamConfig(
+    encoder=ViTConfig(
+        embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,), pretrain_image_size=256
+    ),
+    image_size=256,
+)
 
 
 def reference_keys(variant: str) -> tuple[int, dict[str, tuple[int, ...]]]:
@@ -52,6 +57,7 @@ def assert_converted_matches(path: Path, variant: str) -> None:
             np.testing.assert_array_equal(got, sd[key], err_msg=key)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("variant", ["sam_b", "sam_l", "sam_h"])
 def test_convert_sam_variant(variant, tmp_path):
     from ultralytics.models.sam import build
@@ -80,6 +86,7 @@ def _shapes():
     return variable_shapes(build_from_config(SMALL))
 
 
+@pytest.mark.torch
 def test_missing_key_is_named(small_ref):
     sd = {k: v.numpy() for k, v in small_ref.state_dict().items()}
     del sd["mask_decoder.iou_token.weight"]
@@ -87,6 +94,7 @@ def test_missing_key_is_named(small_ref):
         state_dict_to_variables(sd, _shapes())
 
 
+@pytest.mark.torch
 def test_unused_key_is_named(small_ref):
     sd = {k: v.numpy() for k, v in small_ref.state_dict().items()}
     sd["extra.thing"] = np.zeros(3, np.float32)
@@ -94,6 +102,7 @@ def test_unused_key_is_named(small_ref):
         state_dict_to_variables(sd, _shapes())
 
 
+@pytest.mark.torch
 def test_shape_mismatch_names_key_and_both_shapes(small_ref):
     sd = {k: v.numpy() for k, v in small_ref.state_dict().items()}
     sd["image_encoder.blocks.0.attn.qkv.weight"] = np.zeros((192, 32), np.float32)
@@ -106,6 +115,7 @@ def test_unknown_checkpoint_is_refused():
         detect_variant({"backbone.conv.weight": np.zeros((3, 3))})
 
 
+@pytest.mark.torch
 def test_save_load_identical(small_file, tmp_path):
     model = build_from_config(SMALL)
     variables = state_dict_to_variables(read_state_dict(small_file), variable_shapes(model))
@@ -126,6 +136,7 @@ def test_save_load_identical(small_file, tmp_path):
         np.testing.assert_array_equal(v, np.asarray(a[k]).astype(np.float16).astype(v.dtype))
 
 
+@pytest.mark.torch
 def test_interrupted_save_leaves_no_file(small_file, tmp_path, monkeypatch):
     model = build_from_config(SMALL)
     variables = state_dict_to_variables(read_state_dict(small_file), variable_shapes(model))
@@ -141,6 +152,7 @@ def test_interrupted_save_leaves_no_file(small_file, tmp_path, monkeypatch):
     assert list(out.parent.iterdir()) == []
 
 
+@pytest.mark.torch
 def test_cli_convert_and_export_round_trip(small_ref, tmp_path):
     """ours -> torch file -> ultralytics module (strict) gives the same outputs as ours."""
     # The CLI detects variants from the VARIANTS table, so use a full-size variant's file.
@@ -188,15 +200,16 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "no such" in capsys.readouterr().err
 
 
+@pytest.mark.torch
 def test_fine_tuned_decoder_exports_to_the_same_masks(small_ref, tmp_path):
     """Fine-tune the decoder here, export to a torch file, load it strictly into a fresh
     ultralytics module: its masks equal ours, and differ from the un-tuned model's."""
     import jax
-    from sam_jax.convert.export import export_torch
 
-    from sam_jax.train.recipes import normalise
+    from sam_jax.convert.export import export_torch
+    from sam_jax.projects.shapes.synthetic import scene
+    from sam_jax.train.batching import normalise
     from sam_jax.train.step import TrainState, make_optimizer, make_train_step
-    from sam_jax.train.synthetic import scene
 
     path = tmp_path / "small.pt"
     torch.save(small_ref.state_dict(), path)

@@ -1,6 +1,7 @@
-"""`shorten_memory`: a smaller num_maskmem equals the original model with the memories
-beyond the window dropped (tests/test_train.py runs the clip loss on a shortened model);
-`cond_memory_in_window_only` drops the conditioning frame's memory beyond the window."""
+"""The memory window: the conditioning-memory policy `conditioning_memory="in_window"` drops
+the conditioning frame's memory beyond the window; the shapes project's `shorten_memory`
+(a smaller num_maskmem) equals the original model with the memories beyond the window
+dropped (tests/test_train.py runs the clip loss on a shortened model)."""
 
 from __future__ import annotations
 
@@ -12,21 +13,25 @@ import numpy as np
 import pytest
 
 from sam_jax.checkpoint import build_from_config
+from sam_jax.projects.shapes.memory_window import shorten_memory
 from sam_jax.tracking.memory_bank import empty_bank, memory_tokens
-from sam_jax.tracking.memory_window import shorten_memory
 from sam_jax.tracking.track_step import condition_on_memory
 from tests.tiny_configs import TINY2, random_variables
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    model = build_from_config(TINY2)
+def _tiny(num_maskmem: int):
+    model = build_from_config(dataclasses.replace(TINY2, num_maskmem=num_maskmem))
     variables = random_variables(model)
     # a unit-scale temporal table (random_variables draws 0.2-scale tables): its rows differ
     # enough that a wrong row would show
     table = jax.random.normal(jax.random.key(1), variables["params"]["maskmem_tpos_enc"].shape)
     variables = {**variables, "params": {**variables["params"], "maskmem_tpos_enc": table}}
     return model, variables
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny(TINY2.num_maskmem)
 
 
 def _bank(cfg, feats, frame, window):
@@ -70,13 +75,13 @@ def test_shorter_window_equals_dropping_older_memories(tiny):
         shorten_memory(model, variables, 8)
 
 
-def test_cond_memory_in_window_only(tiny):
-    """With the option, frame 7 (beyond a 2-frame window of the conditioning frame 0) does not
-    attend to frame 0's spatial memory, the only change to the tokens; frame 2 (within the
-    window) and a frame holding no recent memory still do."""
-    model, variables = shorten_memory(*tiny, 3)
+def test_conditioning_memory_in_window():
+    """With the policy "in_window", frame 7 (beyond a 2-frame window of the conditioning
+    frame 0) does not attend to frame 0's spatial memory, the only change to the tokens;
+    frame 2 (within the window) and a frame holding no recent memory still do."""
+    model, variables = _tiny(3)
     cfg = model.config
-    windowed = model.clone(config=dataclasses.replace(cfg, cond_memory_in_window_only=True))
+    windowed = model.clone(config=dataclasses.replace(cfg, conditioning_memory="in_window"))
     feats = np.random.default_rng(2).normal(size=(8, cfg.embed_size, cfg.embed_size, 64))
     tpos = jnp.asarray(np.random.default_rng(3).normal(size=(3, 64)), jnp.float32)
     hw = cfg.embed_size**2
@@ -84,7 +89,7 @@ def test_cond_memory_in_window_only(tiny):
         bank = _bank(cfg, feats, frame, window)
         args = (bank, jnp.int32(frame), tpos, lambda p: jnp.repeat(p[..., None], 64, -1), True)
         mem, pos, mask, _ = memory_tokens(*args)
-        w_mem, w_pos, w_mask, _ = memory_tokens(*args, cond_in_window_only=True)
+        w_mem, w_pos, w_mask, _ = memory_tokens(*args, conditioning_memory="in_window")
         np.testing.assert_array_equal(w_mem, mem)
         np.testing.assert_array_equal(w_pos, pos)
         assert mask[0, :hw].all()

@@ -16,13 +16,12 @@ from flax.traverse_util import flatten_dict
 torch = pytest.importorskip("torch")
 pytest.importorskip("ultralytics")
 
-from sam_jax.convert.detect import detect_variant  # noqa: E402
-from sam_jax.convert.export import export_torch  # noqa: E402
-from sam_jax.convert.keymap import flax_to_torch, state_dict_to_variables, torch_key  # noqa: E402
-
 import sam_jax  # noqa: E402
 from sam_jax.checkpoint import variable_shapes  # noqa: E402
 from sam_jax.config import SamConfig, TinyViTConfig  # noqa: E402
+from sam_jax.convert.detect import detect_variant  # noqa: E402
+from sam_jax.convert.export import export_torch  # noqa: E402
+from sam_jax.convert.keymap import flax_to_torch, state_dict_to_variables, torch_key  # noqa: E402
 from sam_jax.models.sam import Sam  # noqa: E402
 from sam_jax.models.tiny_vit import TinyViT, attention_bias_index  # noqa: E402
 
@@ -118,6 +117,7 @@ def test_attention_bias_index_matches_first_appearance_order() -> None:
         np.testing.assert_array_equal(attention_bias_index(ws).ravel(), idx)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("size", [256, 512])
 def test_small_tiny_vit_parity(size: int) -> None:
     """Encoder features and mask logits of a reduced TinyViT SAM, at sizes set via set_imgsz."""
@@ -159,6 +159,7 @@ def mobile_sam_file(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     return path, ref
 
 
+@pytest.mark.torch
 def test_mobile_sam_convert_and_parity(mobile_sam_file, tmp_path: Path) -> None:
     path, ref = mobile_sam_file
     model, variables = sam_jax.load(path)  # the variant is detected from keys and shapes

@@ -14,9 +14,16 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 # notebook's 20 train steps are run-bound: with the library's defaults it takes 92 s
 # alone instead of 127 s, so its kernel gets them.
 RUN_BOUND = {"04_finetune"}
+# Notebooks that build the PyTorch reference.
+NEEDS_TORCH = {"01_convert_and_prompt"}
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def _param(path: Path):
+    marks = [pytest.mark.torch] if path.stem in NEEDS_TORCH else []
+    return pytest.param(path, id=path.stem, marks=marks)
+
+
+@pytest.mark.parametrize("path", [_param(p) for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(

@@ -13,19 +13,26 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("ultralytics")
 
-from sam_jax.convert.keymap import state_dict_to_variables  # noqa: E402
-
 import sam_jax  # noqa: E402
-from sam_jax import amg, predictor  # noqa: E402
 from sam_jax.checkpoint import build_from_config, variable_shapes  # noqa: E402
 from sam_jax.cli import main as cli_main  # noqa: E402
 from sam_jax.config import SamConfig, ViTConfig  # noqa: E402
-from sam_jax.predictor import Predictor, as_rgb_uint8  # noqa: E402
+from sam_jax.convert.keymap import state_dict_to_variables  # noqa: E402
+from sam_jax.predictors import amg  # noqa: E402
+from sam_jax.predictors import image as predictor  # noqa: E402
+from sam_jax.predictors.image import Predictor, as_rgb_uint8  # noqa: E402
+from sam_jax.predictors.mask_generator import MaskGenerator  # noqa: E402
 from sam_jax.transforms import letterbox_geometry, resize_bilinear_u8  # noqa: E402
 from tests.reference import build_reference_sam, build_reference_vit, randomize_  # noqa: E402
 
 S = 256
-CONFIG = SamConfig(ViTConfig(64, 2, 2, (1,), pretrain_image_size=S), "tiny_test", image_size=S)
+CONFIG = SamConfig(
+    encoder=ViTConfig(
+        embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,), pretrain_image_size=S
+    ),
+    name="tiny_test",
+    image_size=S,
+)
 SHAPES = {"portrait": (300, 200), "landscape": (170, 331)}
 
 
@@ -78,6 +85,7 @@ def test_letterbox_resize_is_bit_exact_with_opencv():
         np.testing.assert_array_equal(resize_bilinear_u8(img, nh, nw), want, err_msg=str((h, w)))
 
 
+@pytest.mark.torch
 def test_connected_components_and_small_regions_match_reference():
     cv2 = pytest.importorskip("cv2")
     from ultralytics.models.sam import amg as ref_amg
@@ -101,6 +109,7 @@ def test_connected_components_and_small_regions_match_reference():
             np.testing.assert_array_equal(got, want.astype(bool))
 
 
+@pytest.mark.torch
 def test_nms_matches_torchvision():
     tv = pytest.importorskip("torchvision")
     rng = np.random.default_rng(0)
@@ -125,6 +134,7 @@ def _random_prompts(rng, h, w, k, n):
     return pts, labels, boxes
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("orientation", list(SHAPES))
 def test_predict_matches_ultralytics(pair, orientation):
     up, ours, _ = pair
@@ -174,6 +184,7 @@ def test_predict_matches_ultralytics(pair, orientation):
     assert worst_score <= 1e-3
 
 
+@pytest.mark.torch
 def test_fast_decoder_matches_model(pair):
     """The predictor's cached / reassociated decoder equals Sam.predict_masks."""
     import jax.numpy as jnp
@@ -203,6 +214,7 @@ def test_fast_decoder_matches_model(pair):
         assert float(jnp.abs(got_iou - want_iou).max() / jnp.abs(want_iou).max()) < 1e-4
 
 
+@pytest.mark.torch
 def test_mask_input_matches_reference_decoder(pair):
     up, ours, ref = pair
     h, w = SHAPES["portrait"]
@@ -225,6 +237,7 @@ def test_mask_input_matches_reference_decoder(pair):
     assert err < 1e-4, err
 
 
+@pytest.mark.torch
 def test_changing_prompt_values_never_recompiles(pair):
     _, ours, _ = pair
     rng = np.random.default_rng(1)
@@ -248,6 +261,7 @@ def test_changing_prompt_values_never_recompiles(pair):
         assert after.get(name) == before.get(name), name
 
 
+@pytest.mark.torch
 def test_input_errors(pair):
     _, ours, _ = pair
     fresh = Predictor(ours.model, ours.params)
@@ -288,6 +302,16 @@ def test_input_errors(pair):
     assert masks.shape == (3, 40, 30)
 
 
+@pytest.mark.torch
+def test_set_image_refuses_a_file_path(pair, tmp_path):
+    _, ours, _ = pair
+    fresh = Predictor(ours.model, ours.params)
+    for path in ("photo.jpg", tmp_path / "photo.jpg", np.array("photo.jpg")):
+        with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8 RGB array.*read the file first"):
+            fresh.set_image(path)
+    assert not fresh.is_image_set
+
+
 # ---------------------------------------------------------------------------- generate
 
 GEN = dict(
@@ -300,6 +324,7 @@ GEN = dict(
 )
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize(
     "orientation, extra",
     [
@@ -346,6 +371,24 @@ def test_generate_matches_ultralytics(pair, orientation, extra):
     assert worst >= 0.95
 
 
+@pytest.mark.torch
+def test_mask_generator_equals_predictor_generate(pair):
+    """`MaskGenerator(model, params, **options).generate` is what `Predictor.generate` runs
+    (same shapes and options as the portrait case above, so nothing new compiles)."""
+    _, ours, _ = pair
+    image = _image(SHAPES["portrait"], seed=12)
+    kw = {**GEN, "points_per_side": 4}
+    want = ours.generate(image, **kw)
+    got = MaskGenerator(ours.model, ours.params, **kw).generate(image)
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want, strict=True):
+        assert a.keys() == b.keys()
+        np.testing.assert_array_equal(a.pop("segmentation"), b.pop("segmentation"))
+        assert a == b
+    with pytest.raises(ValueError, match="points_per_batch"):
+        MaskGenerator(ours.model, ours.params, points_per_batch=0)
+
+
 # ---------------------------------------------------------------------------- command line
 
 
@@ -355,6 +398,7 @@ def _png(path):
     return np.asarray(Image.open(path))
 
 
+@pytest.mark.torch
 def test_cli_segment(pair, tmp_path, capsys):
     from PIL import Image
 
@@ -428,6 +472,7 @@ def test_cli_segment(pair, tmp_path, capsys):
         assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.torch
 def test_cli_segment_torch_checkpoint(tmp_path):
     """A .pt file (MobileSAM, random weights) straight from ultralytics, run at 256 px."""
     from PIL import Image
@@ -443,6 +488,7 @@ def test_cli_segment_torch_checkpoint(tmp_path):
     assert _png(out).shape == (64, 48) and (tmp_path / "m_overlay.png").is_file()
 
 
+@pytest.mark.torch
 def test_sam2_predict_matches_ultralytics():
     """The same predictor drives SAM 2 (dict features, three outputs): SAM2Predictor parity."""
     from ultralytics.models.sam.predict import SAM2Predictor
@@ -451,7 +497,15 @@ def test_sam2_predict_matches_ultralytics():
     from tests.reference_sam2 import build_reference_sam2
 
     s = 128
-    cfg = Sam2Config(HieraConfig(32, 1, (1, 2, 3, 2), (4, 7), (8, 4, 6, 3), (7, 7)), image_size=s)
+    hiera = HieraConfig(
+        embed_dim=32,
+        num_heads=1,
+        stages=(1, 2, 3, 2),
+        global_att_blocks=(4, 7),
+        window_spec=(8, 4, 6, 3),
+        window_pos_embed_bkg_spatial_size=(7, 7),
+    )
+    cfg = Sam2Config(encoder=hiera, image_size=s)
     ref = randomize_(build_reference_sam2(cfg), seed=3)
     with torch.no_grad():  # random weights: make "object present" sure
         ref.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 10.0

@@ -1,5 +1,5 @@
-"""`reseat_memory`: what it changes, that the attention it sets is positional, and the
-trainable mode that keeps it."""
+"""`reseat_memory` (sam_jax/projects/shapes): what it changes, that the attention it sets is
+positional, and the trainable rule that keeps it."""
 
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ import pytest
 import sam_jax
 from sam_jax.checkpoint import build_from_config
 from sam_jax.models.rope import apply_rope, axial_rope_tables
-from sam_jax.tracking.memory_bank import empty_bank
-from sam_jax.tracking.track_step import condition_on_memory
-from sam_jax.train.reseat_memory import (
+from sam_jax.projects.shapes.reseat_memory import (
+    ALL_BUT_ENCODER_POSITIONAL,
     positional_vector,
     recency_channel,
     reseat_memory,
     weigh_recent_memory,
 )
+from sam_jax.tracking.memory_bank import empty_bank
+from sam_jax.tracking.track_step import condition_on_memory
 from sam_jax.train.step import trainable_labels
 from tests.tiny_configs import TINY2 as TRAIN_TINY2
 from tests.tiny_configs import random_variables
@@ -182,7 +183,7 @@ def test_weighed_attention_reads_the_recent_frame_more(tiny):
 def test_positional_mode_freezes_the_encoder_and_cross_attention_queries_keys(tiny):
     _, variables = tiny
     labels = flax.traverse_util.flatten_dict(
-        trainable_labels(variables["params"], "all_but_encoder_positional"), sep="/"
+        trainable_labels(variables["params"], ALL_BUT_ENCODER_POSITIONAL), sep="/"
     )
     frozen = {k for k, v in labels.items() if v == "freeze"}
     expected = {

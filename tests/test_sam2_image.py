@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,11 +21,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flax.traverse_util import flatten_dict
-from sam_jax.convert.export import export_torch
-from sam_jax.convert.keymap import flax_to_torch, state_dict_to_variables, torch_key
 
 import sam_jax
-from sam_jax.config import VARIANTS, HieraConfig, Sam2Config, config_from_json, config_to_json
+from sam_jax.config import (
+    SAM2_1,
+    VARIANTS,
+    HieraConfig,
+    Sam2Config,
+    config_from_json,
+    config_to_json,
+)
+from sam_jax.convert.export import export_torch
+from sam_jax.convert.keymap import flax_to_torch, state_dict_to_variables, torch_key
 from sam_jax.models.resize import resize_bicubic, resize_bilinear_antialias
 from sam_jax.models.sam2 import NO_OBJ_SCORE, Sam2
 from tests.reference import nchw, randomize_, rel_err, to_nchw
@@ -31,7 +40,7 @@ from tests.reference_sam2 import build_reference_sam2
 
 FEATURE_TOL = 1e-4
 LOGIT_TOL = 1e-3
-KEYS_DIR = "/work/shared/reference/state_dict_keys"
+KEYS_DIR = Path(__file__).parent / "data" / "state_dict_keys"
 HEADS = (
     "low_res_multimasks",
     "high_res_multimasks",
@@ -47,14 +56,27 @@ HEADS = (
 # and a 1-block stage, heads > 1, a background table larger or smaller than needed).
 SMALL = {
     "2.1": Sam2Config(
-        HieraConfig(32, 1, (1, 2, 3, 2), (4, 7), (8, 4, 6, 3), (7, 7)),
+        encoder=HieraConfig(
+            embed_dim=32,
+            num_heads=1,
+            stages=(1, 2, 3, 2),
+            global_att_blocks=(4, 7),
+            window_spec=(8, 4, 6, 3),
+            window_pos_embed_bkg_spatial_size=(7, 7),
+        ),
         image_size=128,
-        sam2_1=True,
+        **SAM2_1,
     ),
     "2.0": Sam2Config(
-        HieraConfig(24, 2, (2, 1, 3, 1), (4,), (8, 4, 6, 3), (14, 14)),
+        encoder=HieraConfig(
+            embed_dim=24,
+            num_heads=2,
+            stages=(2, 1, 3, 1),
+            global_att_blocks=(4,),
+            window_spec=(8, 4, 6, 3),
+            window_pos_embed_bkg_spatial_size=(14, 14),
+        ),
         image_size=160,
-        sam2_1=False,
     ),
 }
 
@@ -163,6 +185,7 @@ def small(request) -> Setup:
     return _setup(request.param)
 
 
+@pytest.mark.torch
 def test_interpolation_matches_torch():
     x = torch.randn(2, 3, 7, 7, generator=torch.Generator().manual_seed(0))
     for size in [(32, 32), (40, 24), (5, 3)]:
@@ -174,6 +197,7 @@ def test_interpolation_matches_torch():
         assert rel_err(resize_bilinear_antialias(jnp.asarray(nchw(m)), size), ref) < 1e-5
 
 
+@pytest.mark.torch
 def test_encoder_parity(small: Setup):
     s, f, r = small.cfg.image_size, small.feats, small.rout
     for i, (side, chans) in enumerate([(s // 4, 32), (s // 8, 64), (s // 16, 256)]):
@@ -200,6 +224,7 @@ def _check_heads(small: Setup, case: str, multimasks=(True, False), params=None)
 # The heads are the same in 2.0 and 2.1, so 2.1 runs every prompt kind and 2.0 two of them.
 # Each (case, multimask) pair is one XLA compilation, so the pairs are chosen with care: a
 # mask prompt of the decoder's own size runs in test_predict_masks_image_mode instead.
+@pytest.mark.torch
 @pytest.mark.parametrize("case", list(_prompt_cases(np.random.default_rng(0), 32)))
 def test_sam_heads_parity(case: str):
     multimasks = (True,) if case == "no_prompt" else (True, False)
@@ -207,12 +232,14 @@ def test_sam_heads_parity(case: str):
     assert np.all(np.asarray(ours[-1]) > 0)  # the object branch (see the next test for the other)
 
 
+@pytest.mark.torch
 def test_sam_heads_parity_sam2_0():
     small = _setup("2.0")
     _check_heads(small, "box_and_point", multimasks=(True,))
     _check_heads(small, "point_and_big_mask", multimasks=(False,))
 
 
+@pytest.mark.torch
 def test_no_object_gating():
     """A negative object score sets every mask logit to -1024 and the pointer to no_obj_ptr."""
     small = _setup("2.1")
@@ -233,6 +260,7 @@ def test_no_object_gating():
     np.testing.assert_allclose(ours[5], np.broadcast_to(no_obj_ptr, ours[5].shape), rtol=1e-6)
 
 
+@pytest.mark.torch
 def test_predict_masks_image_mode():
     """Boxes become corner points labelled 2, 3 ahead of the clicks; no_mem_embed is added."""
     small = _setup("2.1")
@@ -272,6 +300,7 @@ def test_predict_masks_image_mode():
     assert rel_err(logits, theirs[0]) < LOGIT_TOL
 
 
+@pytest.mark.torch
 def test_dynamic_multimask_both_branches():
     """Single-mask output falls back to the best multimask output when unstable."""
     small = _setup("2.1")
@@ -304,6 +333,33 @@ def test_image_size_validation_and_config_round_trip():
     assert config_from_json(config_to_json(SMALL["2.0"])) == SMALL["2.0"]
 
 
+@pytest.mark.parametrize("old, new", [(True, "in_window"), (False, "always")])
+def test_config_json_of_older_files(old: bool, new: str):
+    """Files written before the named behaviours hold `sam2_1` and
+    `cond_memory_in_window_only`; they read as the three SAM 2.1 flags and the policy."""
+    d = json.loads(config_to_json(SMALL["2.1"]))
+    for key in (*SAM2_1, "conditioning_memory"):
+        del d[key]
+    d.update(sam2_1=old, cond_memory_in_window_only=old)
+    cfg = config_from_json(json.dumps(d))
+    assert all(getattr(cfg, key) is old for key in SAM2_1)
+    assert cfg.conditioning_memory == new
+    assert cfg == dataclasses.replace(
+        SMALL["2.1"], **dict.fromkeys(SAM2_1, old), conditioning_memory=new
+    )
+
+
+def test_config_rejects_unknown_conditioning_memory():
+    with pytest.raises(
+        ValueError, match="conditioning_memory must be one of 'always', 'in_window'"
+    ):
+        Sam2Config(conditioning_memory="never")
+    with pytest.raises(ValueError, match="got 'window'"):
+        dataclasses.replace(SMALL["2.1"], conditioning_memory="window")
+    with pytest.raises(TypeError):
+        Sam2Config(HieraConfig())  # configs are built by keyword only
+
+
 def _reference_keys(name: str) -> tuple[int, int, dict[str, tuple[int, ...]]]:
     """(parameter count, key count, {key: shape}) recorded from the official files."""
     with open(f"{KEYS_DIR}/{name}.txt") as f:
@@ -316,6 +372,7 @@ def _reference_keys(name: str) -> tuple[int, int, dict[str, tuple[int, ...]]]:
     return int(counts["params"]), int(counts["keys"]), shapes
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize(
     "name", [n for n in VARIANTS if n.startswith("sam2") and not n.endswith("_shapes")]
 )
@@ -345,6 +402,7 @@ def test_convert_variant(name: str, tmp_path):
     gc.collect()
 
 
+@pytest.mark.torch
 def test_full_size_sam2_1_t(tmp_path):
     """sam2.1_t at 1024 px: load, encode, decode, and export back to a strict torch load."""
     cfg = VARIANTS["sam2.1_t"]

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from sam_jax.convert.keymap import state_dict_to_variables
 
+from sam_jax.convert.keymap import state_dict_to_variables
 from sam_jax.models.memory_attention import MemoryAttention
 from sam_jax.models.memory_encoder import MemoryEncoder
 from sam_jax.models.position_encoding import sine_position_encoding
@@ -90,6 +90,7 @@ def _ours_attention(ref, feat_hw, num_ptr, curr, curr_pos, memory, memory_pos, m
     return np.asarray(jax.jit(fn)(variables, *args))
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize(
     "feat_hw, num_frames, num_ptr",
     [((8, 8), 2, 8), ((6, 10), 2, 12), ((16, 16), 1, 0)],
@@ -106,6 +107,7 @@ def test_memory_attention_parity(feat_hw, num_frames, num_ptr):
     assert err <= TOL
 
 
+@pytest.mark.torch
 def test_memory_attention_masked_slots_match_valid_only():
     """A fixed-shape bank (3 frame slots, 4 pointers = 16 tokens) with empty slots holding
     garbage gives, per batch element, the reference's output on only the valid memories."""
@@ -148,6 +150,7 @@ def _ref_memory_encoder():
     return randomize_(RefMemoryEncoder(out_dim=64), seed=2)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("feat_hw, skip_sigmoid", [((8, 8), True), ((6, 10), False)])
 def test_memory_encoder_parity(feat_hw, skip_sigmoid):
     ref = _ref_memory_encoder()
@@ -174,6 +177,7 @@ def test_memory_encoder_parity(feat_hw, skip_sigmoid):
     assert err_f <= TOL and err_p <= 1e-6
 
 
+@pytest.mark.torch
 def test_sine_position_encoding_256():
     from ultralytics.models.sam.modules.blocks import PositionEmbeddingSine
 
@@ -182,6 +186,7 @@ def test_sine_position_encoding_256():
     assert rel_err(sine_position_encoding(5, 7, 256), expected) <= 1e-6
 
 
+@pytest.mark.torch
 def test_rope_tables_match_reference_at_64x64():
     """The reference rebuilds its table at run time from sqrt(#tokens) (floats) for 64x64."""
     from ultralytics.models.sam.modules.utils import compute_axial_cis

@@ -7,15 +7,19 @@ import numpy as np
 import pytest
 import torch
 from reference import build_reference_sam, build_reference_vit, nchw, randomize_, rel_err, to_nchw
-from sam_jax.convert.keymap import state_dict_to_variables
-from sam_jax.convert.torch_reader import read_state_dict
 
 import sam_jax
 from sam_jax.checkpoint import build_from_config, variable_shapes
 from sam_jax.config import SamConfig, ViTConfig
+from sam_jax.convert.keymap import state_dict_to_variables
+from sam_jax.convert.torch_reader import read_state_dict
+
+pytestmark = pytest.mark.torch  # every test here builds the PyTorch reference
 
 # Reduced encoder: 2 windowed + 2 global blocks, tables stored for 256 px (16x16 grid).
-SMALL_VIT = ViTConfig(64, 4, 2, (1, 3), pretrain_image_size=256)
+SMALL_VIT = ViTConfig(
+    embed_dim=64, depth=4, num_heads=2, global_attn_indexes=(1, 3), pretrain_image_size=256
+)
 
 
 def _convert_via_file(ref: torch.nn.Module, model, tmp_path) -> dict:
@@ -30,7 +34,7 @@ def small_pair(request, tmp_path_factory):
     s = request.param
     ref = randomize_(build_reference_sam(build_reference_vit(SMALL_VIT)), seed=s)
     ref.set_imgsz((s, s))
-    model = build_from_config(SamConfig(SMALL_VIT, image_size=s))
+    model = build_from_config(SamConfig(encoder=SMALL_VIT, image_size=s))
     variables = _convert_via_file(ref, model, tmp_path_factory.mktemp("ckpt"))
     return ref, model, variables, s
 

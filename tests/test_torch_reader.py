@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from sam_jax.convert.torch_reader import CheckpointError, read_state_dict, read_torch_file
 
 torch = pytest.importorskip("torch")
@@ -57,6 +58,7 @@ def _assert_matches_torch(ours: dict, path: Path) -> None:
         np.testing.assert_array_equal(actual, expected, err_msg=name)
 
 
+@pytest.mark.torch
 def test_state_dict_matches_torch_load(tmp_path: Path) -> None:
     path = tmp_path / "sam1.pth"
     torch.save(_module_state_dict(), path)
@@ -66,6 +68,7 @@ def test_state_dict_matches_torch_load(tmp_path: Path) -> None:
     assert sd["scalar_f"].shape == () and sd["scalar_f"] == np.float32(1.5)
 
 
+@pytest.mark.torch
 def test_shared_storage_tensors_are_independent_copies(tmp_path: Path) -> None:
     path = tmp_path / "shared.pt"
     torch.save(_module_state_dict(), path)
@@ -74,6 +77,7 @@ def test_shared_storage_tensors_are_independent_copies(tmp_path: Path) -> None:
     assert sd["shared_row"].tolist() == list(range(12, 18))
 
 
+@pytest.mark.torch
 def test_wrapped_model_and_ordered_dict(tmp_path: Path) -> None:
     inner = OrderedDict(a=torch.ones(2, 2), b=torch.tensor(3))
     path = tmp_path / "sam2.pt"
@@ -86,6 +90,7 @@ def test_wrapped_model_and_ordered_dict(tmp_path: Path) -> None:
     assert raw["epoch"] == 3 and isinstance(raw["model"], OrderedDict)
 
 
+@pytest.mark.torch
 def test_parameters_and_plain_values(tmp_path: Path) -> None:
     path = tmp_path / "mixed.pt"
     param = torch.nn.Parameter(torch.randn(2, 3))
@@ -95,6 +100,7 @@ def test_parameters_and_plain_values(tmp_path: Path) -> None:
     assert obj["meta"] == {"name": "x", "sizes": [1, 2.5, None, (3,)]}
 
 
+@pytest.mark.torch
 def test_not_a_state_dict(tmp_path: Path) -> None:
     path = tmp_path / "list.pt"
     torch.save([torch.ones(1)], path)
@@ -114,6 +120,7 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.torch
 def test_pickled_code_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
@@ -160,6 +167,7 @@ def test_handwritten_malicious_pickles(tmp_path: Path, payload: bytes, refused: 
         read_torch_file(path)
 
 
+@pytest.mark.torch
 def test_out_of_bounds_tensor_is_rejected(tmp_path: Path) -> None:
     """A hostile size/stride must not make as_strided read past the storage."""
     path = tmp_path / "oob.pt"
@@ -177,6 +185,7 @@ def test_out_of_bounds_tensor_is_rejected(tmp_path: Path) -> None:
         read_torch_file(path)
 
 
+@pytest.mark.torch
 def test_truncated_checkpoint(tmp_path: Path) -> None:
     good = tmp_path / "good.pt"
     torch.save(_module_state_dict(), good)
@@ -188,6 +197,7 @@ def test_truncated_checkpoint(tmp_path: Path) -> None:
     assert str(path) in str(err.value)
 
 
+@pytest.mark.torch
 def test_missing_storage_member(tmp_path: Path) -> None:
     path = tmp_path / "nostorage.pt"
     torch.save({"w": torch.ones(3)}, path)
@@ -196,6 +206,7 @@ def test_missing_storage_member(tmp_path: Path) -> None:
         read_torch_file(path)
 
 
+@pytest.mark.torch
 def test_big_endian_storages(tmp_path: Path) -> None:
     tensors = {
         "f": torch.randn(2, 3),
@@ -247,6 +258,7 @@ def test_bad_files(tmp_path: Path, content: bytes, message: str) -> None:
     assert str(path) in str(err.value)
 
 
+@pytest.mark.torch
 def test_legacy_format(tmp_path: Path) -> None:
     path = tmp_path / "legacy.pt"
     torch.save({"a": torch.ones(2)}, path, _use_new_zipfile_serialization=False)

@@ -17,14 +17,21 @@ import pytest
 import sam_jax
 from sam_jax.checkpoint import build_from_config, variable_shapes
 from sam_jax.config import VARIANTS, SamConfig, ViTConfig
+from sam_jax.projects.shapes.synthetic import scene, video
 from sam_jax.train import clicks, losses
-from sam_jax.train.repatch import repatch
 from sam_jax.train.step import TrainState, make_optimizer, make_train_step
-from sam_jax.train.synthetic import scene, video
 from tests.tiny_configs import TINY2, random_variables
 
 TINY = SamConfig(
-    ViTConfig(32, 2, 2, (1,), window_size=4, out_chans=32, pretrain_image_size=64),
+    encoder=ViTConfig(
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        global_attn_indexes=(1,),
+        window_size=4,
+        out_chans=32,
+        pretrain_image_size=64,
+    ),
     image_size=64,
     prompt_embed_dim=32,
     decoder_mlp_dim=64,
@@ -73,7 +80,9 @@ def test_clicks_land_where_they_should():
     assert bool((lab == -1).all())
 
 
-def _batch(b=4, s=64):
+def scene_batch(b: int = 4, s: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(images (b, s, s, 3) float32 roughly normalised, targets (b, s, s) bool): the largest
+    object of synthetic scenes 0 .. b - 1."""
     imgs, tgts = [], []
     for i in range(b):
         img, masks = scene(i, s)
@@ -121,7 +130,7 @@ def test_loss_decreases_and_bf16_and_remat_run():
     variables = sam_jax.init_params(model, jax.random.key(0))
     before = jax.tree.map(np.array, variables)
     tx = make_optimizer(variables["params"], "all", 2e-3)
-    x, t = _batch()
+    x, t = scene_batch()
     step = make_train_step(model, tx, num_corrections=1)
     state = TrainState.create(variables, tx)
     first = None
@@ -139,23 +148,13 @@ def test_loss_decreases_and_bf16_and_remat_run():
     assert state2.variables["params"]["mask_decoder"]["iou_token"]["weight"].dtype == jnp.float32
 
 
-def test_synthetic_data_masks_are_exact_and_visible():
-    img, masks = scene(3, 64)
-    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
-    assert masks.dtype == bool and masks.shape[1:] == (64, 64)
-    assert not (masks.sum(0) > 1).any()  # visible masks never overlap (occlusion applied)
-    frames, vmasks = video(1, num_frames=6, size=64, num_objects=2)
-    assert frames.shape == (6, 64, 64, 3) and vmasks.shape == (6, 2, 64, 64)
-    assert not np.array_equal(vmasks[0], vmasks[-1])  # things move
-
-
 SHARDING_SCRIPT = textwrap.dedent(
     """
     import json, jax, numpy as np, optax
     from sam_jax.checkpoint import build_from_config
     from sam_jax.train.sharding import make_mesh, shard_batch, shard_tree
     from sam_jax.train.step import TrainState, make_train_step
-    from tests.test_train import TINY, _batch
+    from tests.test_train import TINY, scene_batch
     from tests.tiny_configs import random_variables
     assert len(jax.devices()) == 4, jax.devices()
     model = build_from_config(TINY)
@@ -164,7 +163,7 @@ SHARDING_SCRIPT = textwrap.dedent(
     # near-zero gradients into lr-sized parameter differences.
     tx = optax.sgd(0.1)
     step = make_train_step(model, tx, num_corrections=0)  # no corrective click: less to compile
-    x, t = _batch(8)
+    x, t = scene_batch(8)
     key = jax.random.key(3)
     single, m1 = step(TrainState.create(variables, tx), x, t, key)
     mesh = make_mesh(4)
@@ -216,29 +215,6 @@ def test_bce_form_of_focal_has_finite_gradients_when_saturated():
     assert bool(jnp.isfinite(g).all())
 
 
-def test_demo_command_runs(tmp_path, capsys):
-    from sam_jax.checkpoint import bundled_models
-    from sam_jax.cli import main
-
-    # the image model by bundled name, the video model as a file path: both ways resolve
-    video_file = str(bundled_models()["sam2_tiny_shapes"])
-    args = ["demo", "--out", str(tmp_path), "--points-per-side", "4", "--video-model", video_file]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "model: bundled model 'sam_tiny_shapes'" in out
-    assert "mean one-click IoU" in out
-    assert "segment everything: " in out and "segment everything: 0 masks" not in out
-    assert f"video: checkpoint {video_file}" in out
-    for name in (
-        "image.png",
-        "overlay_clicks.png",
-        "overlay_everything.png",
-        "model.safetensors",
-        "video_strip.png",
-    ):
-        assert (tmp_path / name).is_file()
-
-
 @pytest.fixture(scope="module")
 def tiny_sam2():
     model = build_from_config(TINY2)
@@ -249,7 +225,7 @@ def test_clip_step_trains_through_the_tracking_memory(tiny_sam2):
     """SAM 2 through the scan: frame 2's loss reaches the memory that frame 1 wrote inside
     the scan (the temporal encoding of a memory one frame back, row 0 of maskmem_tpos_enc,
     is used by nothing else), and steps on one clip lower its loss."""
-    from sam_jax.train.recipes import normalise
+    from sam_jax.train.batching import normalise
     from sam_jax.train.video_step import clip_loss
 
     model, variables = tiny_sam2
@@ -301,7 +277,7 @@ def test_several_objects_per_image_equal_repeating_the_image():
 
     model = build_from_config(TINY)
     variables = sam_jax.init_params(model, jax.random.key(0))
-    x, _ = _batch(2)
+    x, _ = scene_batch(2)
     objs = np.stack([scene(i, 64)[1][:2] for i in range(2)])  # (2, K=2, S, S)
     loss = jax.jit(lambda x, t: interactive_loss(model, variables, x, t, jax.random.key(3), 1))
     shared, met = loss(x, objs)
@@ -314,14 +290,14 @@ def test_sam2_trains_in_image_mode_and_on_several_objects_per_clip(tiny_sam2):
     """SAM 2 in image mode goes through the same interactive step as SAM (plus the
     object-score loss); a clip with K objects gives the loss of the clip repeated K times
     (here with a model shortened to remember one recent frame, `shorten_memory`)."""
-    from sam_jax.tracking.memory_window import shorten_memory
-    from sam_jax.train.recipes import normalise
+    from sam_jax.projects.shapes.memory_window import shorten_memory
+    from sam_jax.train.batching import normalise
     from sam_jax.train.video_step import clip_loss
 
     model, variables = tiny_sam2
     tx = make_optimizer(variables["params"], "all", 1e-3, weight_decay=0.0)
     step = make_train_step(model, tx, num_corrections=1)
-    x, t = _batch(2)
+    x, t = scene_batch(2)
     state, met = step(TrainState.create(variables, tx), x, t[:, None], jax.random.key(1))
     assert np.isfinite(float(met["loss"]))
     changed = jax.tree.map(
@@ -348,7 +324,7 @@ def test_vit_patch_size_sets_the_embedding_grid():
     assert (cfg.embed_size, cfg.mask_input_size) == (8, 32)
     model = build_from_config(cfg)
     variables = variable_shapes(model)  # shapes are all this needs: nothing is computed
-    x, _ = _batch(1)
+    x, _ = scene_batch(1)
     emb = jax.eval_shape(lambda v: model.apply(v, x, method="encode_image"), variables)
     logits, iou = jax.eval_shape(
         lambda v: model.apply(
@@ -357,49 +333,6 @@ def test_vit_patch_size_sets_the_embedding_grid():
         variables,
     )
     assert emb.shape == (1, 8, 8, 32) and logits.shape == (1, 3, 32, 32)
-
-
-def test_repatch_sees_the_image_as_the_old_model_sees_it_upsampled():
-    """8-px patches resized from 16-px ones: on an image x the new model gives what the old
-    one gives on x upsampled 2x (nearest), prompts scaled alike (all-global blocks, a
-    constant position table; windows grow with r and are not comparable this way)."""
-    enc = dataclasses.replace(TINY.encoder, global_attn_indexes=(0, 1))
-    cfg = dataclasses.replace(TINY, encoder=enc)
-    model = build_from_config(cfg)
-    variables = sam_jax.init_params(model, jax.random.key(0))
-    params = variables["params"]
-    for blk in ("blocks_0", "blocks_1"):  # zero-initialised tables would test nothing
-        for t in ("rel_pos_h", "rel_pos_w"):
-            shape = params["image_encoder"][blk]["attn"][t].shape
-            table = np.random.default_rng(1).normal(size=shape).astype(np.float32)
-            params["image_encoder"][blk]["attn"][t] = table
-    pos = np.random.default_rng(2).normal(size=(1, 1, 1, enc.embed_dim)).astype(np.float32)
-    params["image_encoder"]["pos_embed"] = np.broadcast_to(pos, (1, 4, 4, enc.embed_dim))
-    fine, fine_vars = repatch(model, variables, 8, name="fine")
-    assert fine.config.name == "fine" and fine.config.embed_size == 8
-    assert fine_vars["params"]["image_encoder"]["patch_embed"]["proj"]["kernel"].shape[:2] == (8, 8)
-
-    x, _ = _batch(2)
-    big = build_from_config(dataclasses.replace(cfg, image_size=128))
-    up = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
-    pts, lab = np.array([[[20.0, 30.0]], [[40.0, 12.0]]]), np.ones((2, 1), np.int32)
-    # pixel centres: x + 0.5 at 64 px is 2x + 1 at 128 px
-    want, want_iou = jax.jit(big.apply)(variables, up, point_coords=2 * pts + 0.5, point_labels=lab)
-    got, got_iou = jax.jit(fine.apply)(fine_vars, x, point_coords=pts, point_labels=lab)
-    assert got.shape == want.shape == (2, 3, 32, 32)
-    scale = float(np.abs(want).max())
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5 * scale)
-    np.testing.assert_allclose(np.asarray(got_iou), np.asarray(want_iou), atol=1e-5)
-
-    with pytest.raises(ValueError, match="must divide"):
-        repatch(model, variables, 5)
-    # The bundled model's table entry is its from-scratch base given 8-px patches.
-    base = sam_jax.build("sam_tiny_shapes_p16")
-    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variable_shapes(base))
-    bundled, bundled_vars = repatch(base, zeros, 8, name="sam_tiny_shapes")
-    assert bundled.config == VARIANTS["sam_tiny_shapes"]
-    want_shapes = jax.tree.map(lambda s: s.shape, variable_shapes(bundled))
-    assert jax.tree.map(np.shape, bundled_vars) == want_shapes
 
 
 @pytest.mark.parametrize("name", ["sam_tiny_shapes", "sam2_tiny_shapes"])
@@ -414,53 +347,6 @@ def test_bundled_file_config_is_its_variant_entry(name):
         assert config_from_json(f.metadata()["config"]) == VARIANTS[name]
 
 
-def test_train_recipe_size_trainable_and_iou_weight(tmp_path, monkeypatch):
-    """train_sam at another input size trains only what `trainable` names, hands
-    `iou_weight` to the train step's loss, and saves a file that loads back at that size."""
-    from sam_jax.checkpoint import build, init_params
-    from sam_jax.train import recipes
-
-    seen = []
-    real_step = recipes.make_train_step
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs)
-        return real_step(*args, **kwargs)
-
-    def run(iou_weight, out=None):
-        return recipes.train_sam(
-            "sam_tiny_shapes_p16",
-            steps=2,  # the first step's learning rate is 0 (warm-up)
-            batch_size=2,
-            num_scenes=6,
-            objects_per_image=2,
-            num_corrections=0,
-            image_size=64,
-            trainable="decoder",
-            iou_weight=iou_weight,
-            out=out,
-        )
-
-    monkeypatch.setattr(recipes, "make_train_step", spy)
-    path = str(tmp_path / "m.safetensors")
-    model, variables, log = run(5.0, path)
-    assert seen[-1]["iou_weight"] == 5.0
-    start = init_params(build("sam_tiny_shapes_p16", 64), jax.random.key(0))["params"]
-    moved = {
-        name: max(
-            jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), start[name], p))
-        )
-        for name, p in variables["params"].items()
-    }
-    assert model.config.image_size == 64
-    assert moved["mask_decoder"] > 0
-    assert moved["image_encoder"] == 0 and moved["prompt_encoder"] == 0
-    loaded, _ = sam_jax.load(path)
-    assert loaded.config.image_size == 64
-    with pytest.raises(ValueError, match="single_mask_tracking needs a SAM 2 model"):
-        recipes.train_sam("sam_tiny_shapes_p16", steps=1, image_size=64, single_mask_tracking=True)
-
-
 def test_iou_weight_scales_the_iou_head_mse():
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(size=(2, 3, 8, 8)), jnp.float32)
@@ -472,14 +358,53 @@ def test_iou_weight_scales_the_iou_head_mse():
     np.testing.assert_allclose(float(five - one), 4 * float(met["iou_mse"]), rtol=1e-5)
 
 
-def test_cli_trainable_choices_are_the_table():
-    # cli_train spells the choices out to keep jax out of argument parsing
-    import argparse
+def test_trainable_takes_a_project_rule():
+    """A (trained, frozen) glob pair or a path rule chooses what trains like a preset does;
+    an unknown preset or a malformed rule is a clear error."""
+    from sam_jax.train.step import trainable_labels
 
-    from sam_jax import cli_train
-    from sam_jax.train.step import TRAINABLE
+    shapes = variable_shapes(build_from_config(TINY))["params"]
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    preset = trainable_labels(params, "decoder")
+    assert trainable_labels(params, (None, ("image_encoder/*", "prompt_encoder/*"))) == preset
+    assert trainable_labels(params, lambda name: name.startswith("mask_decoder/")) == preset
+    tx = make_optimizer(params, (("mask_decoder/*",), ()), 1e-3)
+    updates, _ = tx.update(jax.tree.map(np.ones_like, params), tx.init(params), params)
+    moved = _changed_modules(params, jax.tree.map(lambda p, u: p + u, params, updates))
+    assert moved == {"mask_decoder"}
+    with pytest.raises(ValueError, match="trainable must be one of"):
+        trainable_labels(params, "encoder")
+    with pytest.raises(ValueError, match="glob"):
+        trainable_labels(params, ("mask_decoder/*",))
 
-    sub = argparse.ArgumentParser().add_subparsers()
-    cli_train.add_parsers(sub)
-    (action,) = [a for a in sub.choices["train-shapes"]._actions if a.dest == "trainable"]
-    assert sorted(action.choices) == sorted(TRAINABLE)
+
+def test_warmup_cosine_schedule():
+    from sam_jax.train.schedule import warmup_cosine
+
+    schedule = warmup_cosine(1e-3, 100)
+    assert float(schedule(0)) == 0.0
+    np.testing.assert_allclose(float(schedule(5)), 1e-3, rtol=1e-6)  # warm-up: 100 // 20 steps
+    np.testing.assert_allclose(float(schedule(100)), 5e-5, rtol=1e-5)
+    one = warmup_cosine(1e-3, 1)  # a single step is valid: its learning rate is 0
+    assert float(one(0)) == 0.0 and np.isfinite(float(one(1)))
+
+
+def test_innermost_pixel_and_batches():
+    from sam_jax.train.batching import batches, normalise, promptable
+    from sam_jax.train.clicks import innermost_pixel
+
+    mask = np.zeros((9, 12), bool)
+    mask[2:7, 3:10] = True  # 5 x 7: one pixel is farthest from the background
+    assert innermost_pixel(mask) == (6, 4)
+    with pytest.raises(ValueError, match="at least one True pixel"):
+        innermost_pixel(np.zeros((4, 4), bool))
+    pool = [scene(i, 32) for i in range(3)]
+    pool = [(img, masks[promptable(masks)]) for img, masks in pool]
+    images, targets = next(batches(pool, batch_size=2, seed=0, objects_per_image=3))
+    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+    assert targets.shape == (2, 3, 32, 32) and targets.dtype == bool
+    x = normalise(images, TINY)
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(
+        x[0, 0, 0] * TINY.pixel_std + TINY.pixel_mean, images[0, 0, 0], atol=1e-4
+    )

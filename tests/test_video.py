@@ -24,16 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from sam_jax.convert.keymap import state_dict_to_variables
 
 from sam_jax.checkpoint import build_from_config, variable_shapes
-from sam_jax.config import HieraConfig, Sam2Config, variant_config
+from sam_jax.config import SAM2_1, HieraConfig, Sam2Config, variant_config
+from sam_jax.convert.keymap import state_dict_to_variables
+from sam_jax.predictors.video import VideoPredictor
 from sam_jax.tracking import apply_non_overlapping_constraints, bucket, make_track_step
 from sam_jax.tracking.memory_bank import bank_nbytes
 from sam_jax.tracking.track_step import empty_frame_input
 from sam_jax.transforms import letterbox
 from sam_jax.video_io import open_frames
-from sam_jax.video_predictor import VideoPredictor
 from tests.reference import randomize_, rel_err
 from tests.reference_sam2 import build_reference_sam2
 from tests.video_reference import RefVideoTracker
@@ -43,13 +43,28 @@ IOU_MIN = 0.99
 
 SMALL = {
     "2.1": Sam2Config(
-        HieraConfig(32, 1, (1, 1, 2, 1), (3,), (8, 4, 6, 3), (7, 7)), image_size=128, sam2_1=True
+        encoder=HieraConfig(
+            embed_dim=32,
+            num_heads=1,
+            stages=(1, 1, 2, 1),
+            global_att_blocks=(3,),
+            window_spec=(8, 4, 6, 3),
+            window_pos_embed_bkg_spatial_size=(7, 7),
+        ),
+        image_size=128,
+        **SAM2_1,
     ),
     # single-mask tracking (multimask_output_for_tracking=False)
     "2.0": Sam2Config(
-        HieraConfig(24, 2, (1, 1, 2, 1), (3,), (8, 4, 6, 3), (14, 14)),
+        encoder=HieraConfig(
+            embed_dim=24,
+            num_heads=2,
+            stages=(1, 1, 2, 1),
+            global_att_blocks=(3,),
+            window_spec=(8, 4, 6, 3),
+            window_pos_embed_bkg_spatial_size=(14, 14),
+        ),
         image_size=128,
-        sam2_1=False,
         multimask_output_for_tracking=False,
     ),
 }
@@ -196,6 +211,7 @@ class Session:
             print(f"  {k}: rel err {v:.2e}, IoU {self.ious[k]:.4f}")
 
 
+@pytest.mark.torch
 def test_small_sam2_1_session():
     """2.1: objects prompted on different frames (points, box), forward propagation, a
     correction and re-propagation, a mask-prompted object added after propagation,
@@ -220,6 +236,7 @@ def test_small_sam2_1_session():
     assert sess.state.tracks[2].prompted == {3}
 
 
+@pytest.mark.torch
 def test_small_sam2_0_session_letterboxed():
     """2.0 (absolute pointer distances, 64-d encodings, no no_obj_embed_spatial) on
     non-square frames (letterboxed), reverse first, corrections made conditioning,
@@ -237,6 +254,7 @@ def test_small_sam2_0_session_letterboxed():
     assert set(sess.state.tracks[2].cond) == {1, 3}
 
 
+@pytest.mark.torch
 def test_full_size_sam2_1_t_two_objects():
     """The full sam2.1_t architecture: 2 objects prompted on different frames, 8 frames
     forward. At 256 px to fit the suite's time budget; SAM_JAX_VIDEO_PARITY_SIZE=1024 runs
@@ -251,6 +269,7 @@ def test_full_size_sam2_1_t_two_objects():
     sess.report(f"sam2.1_t full-size architecture at {size} px")
 
 
+@pytest.mark.torch
 def test_no_recompilation_when_prompt_values_change():
     """Once each kind of call has run, new prompt values, frames, objects (same bucket),
     directions and corrections reuse the compiled functions."""
@@ -275,6 +294,7 @@ def test_no_recompilation_when_prompt_values_change():
     assert dict(vp.trace_counts) == counts, (counts, dict(vp.trace_counts))
 
 
+@pytest.mark.torch
 def test_memory_state_size_independent_of_video_length():
     setup = _setup(SMALL["2.1"], score_shift=1.0)
     s = setup.cfg.image_size
@@ -293,6 +313,7 @@ def test_memory_state_size_independent_of_video_length():
     print(f"\nmemory state: {sizes[0][1]} bytes for 10 and for 1000 frames")
 
 
+@pytest.mark.torch
 def test_disk_history_equals_ram_history(tmp_path):
     """The disk-backed history gives the same results as the in-RAM one (re-propagation
     and a correction read it back), and its files go away with the session; the image
@@ -326,6 +347,7 @@ def test_disk_history_equals_ram_history(tmp_path):
     np.testing.assert_allclose(results["ram"], results["disk"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.torch
 def test_pure_track_step_matches_propagation():
     """`make_track_step(model, params)(memory, frame)` on the bank the predictor would use
     for frame 4 gives the frame-4 logits that propagation yields."""
@@ -338,7 +360,8 @@ def test_pure_track_step_matches_propagation():
     list(vp.propagate_in_video(state, max_frame_num_to_track=3))
     bank = jax.tree_util.tree_map(jnp.asarray, vp.memory_state(state, 4))
     vis, h0, h1 = vp._features(state, 4)
-    frame = empty_frame_input(bank.num_objects, setup.cfg.embed_size).replace(
+    cfg = setup.cfg
+    frame = empty_frame_input(bank.num_objects, cfg.embed_size, cfg.d_model, cfg.mem_dim).replace(
         frame_idx=np.int32(4), vision_features=vis, high_res_0=h0, high_res_1=h1
     )
     new_bank, out = make_track_step(setup.model, setup.params)(bank, frame)
@@ -386,7 +409,7 @@ def test_memory_bank_selection_matches_reference_rules(num_frames, reverse, sign
     tpos = jnp.asarray(np.repeat(100.0 * np.arange(1, 8)[:, None], 64, axis=1), jnp.float32)
     spatial = sine_position_encoding(g, g, 64)[0, 0, 0]
 
-    # the bank at `start`, as VideoPredictor._bank fills it from the history
+    # the bank at `start`, as bank_from_history fills it from the history
     bank = empty_bank(1, 4, g, num_frames=t, reverse=reverse)
     for j, c in enumerate(sorted(cond)):
         bank.cond_feats[0, j], bank.cond_ptrs[0, j] = c, c
@@ -435,6 +458,7 @@ def test_memory_bank_selection_matches_reference_rules(num_frames, reverse, sign
             noncond.add(idx)
 
 
+@pytest.mark.torch
 def test_non_overlap_options():
     """non_overlap_masks: at most one object claims a pixel in the outputs;
     non_overlap_for_memory runs (it changes what is encoded into memory)."""
@@ -456,6 +480,7 @@ def test_non_overlap_options():
     assert not np.array_equal(outs[0][2:], outs[1][2:])
 
 
+@pytest.mark.torch
 def test_non_overlap_matches_reference():
     from ultralytics.models.sam.modules.sam import SAM2Model
 
@@ -501,6 +526,7 @@ def test_bucket():
     assert [bucket(n) for n in (0, 1, 2, 3, 4, 5, 9)] == [1, 1, 2, 4, 4, 8, 16]
 
 
+@pytest.mark.torch
 def test_track_command_writes_masks_and_animation(tmp_path, capsys):
     from PIL import Image
 
@@ -521,3 +547,125 @@ def test_track_command_writes_masks_and_animation(tmp_path, capsys):
     assert Image.open(out / "overlay.gif").n_frames == 5
     assert main([*args[:-2], "--frame", "9", "--point", "1,1", "--out", str(out)]) == 1
     assert "outside the video" in capsys.readouterr().err
+
+
+def _history_ops(store, rng_seed: int = 0) -> None:
+    """The same puts (some overwritten), drops and a removal on any history store."""
+    rng = np.random.default_rng(rng_seed)
+    g, m, c, d = store.grid, store.mask_size, store.mem_dim, store.ptr_dim
+    for key in (0, 1, 2):
+        for f in rng.choice(store.num_frames, 6, replace=False).tolist() + [3]:
+            store.put(
+                key,
+                f,
+                rng.standard_normal((g, g, c)),
+                rng.standard_normal((m, m)),
+                rng.standard_normal(d),
+                float(rng.standard_normal()),
+            )
+    store.drop(0, 3)
+    store.drop(5, 0)  # an unknown object: nothing happens
+    store.remove(1)
+
+
+def test_history_stores_agree(tmp_path):
+    """The RAM and disk stores give identical reads after the same puts, drops and removal;
+    "auto" picks by size; the disk store's files go with the object, with close() and with
+    garbage collection."""
+    import gc
+
+    from sam_jax.predictors.history import DiskHistory, RamHistory, make_history
+
+    t, g, m, c, d = 9, 3, 12, 8, 16
+    ram = make_history("ram", t, g, m, c, d, ram_limit=0)
+    disk = make_history("disk", t, g, m, c, d, ram_limit=1 << 30, directory=str(tmp_path))
+    assert isinstance(ram, RamHistory) and ram.backend == "ram"
+    assert isinstance(disk, DiskHistory) and disk.backend == "disk"
+    for store in (ram, disk):
+        _history_ops(store)
+    entries = 0
+    for key in range(4):
+        for f in range(-1, t + 1):
+            assert ram.has(key, f) == disk.has(key, f), (key, f)
+            if ram.has(key, f):
+                entries += 1
+                np.testing.assert_array_equal(ram.maskmem(key, f), disk.maskmem(key, f))
+                np.testing.assert_array_equal(ram.low_res(key, f), disk.low_res(key, f))
+                np.testing.assert_array_equal(ram.ptr(key, f), disk.ptr(key, f))
+                assert ram.score(key, f) == disk.score(key, f)
+                assert disk.maskmem(key, f).shape == (g, g, c)
+                assert disk.low_res(key, f).dtype == np.float32
+    assert entries > 6 and not ram.has(0, 3) and not ram.has(1, 3) and ram.has(2, 3)
+    pointers = 2 * t * (4 * d + 4 + 1)  # two objects' pointers, scores and flags
+    assert disk.ram_bytes() == pointers
+    assert ram.ram_bytes() == pointers + 4 * entries * (g * g * c + m * m)
+    (folder,) = tmp_path.iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["0.low", "0.mem", "2.low", "2.mem"]
+    disk.remove(2)
+    assert sorted(p.name for p in folder.iterdir()) == ["0.low", "0.mem"]
+    disk.close()
+    assert not list(tmp_path.iterdir())
+    lost = make_history("disk", t, g, m, c, d, ram_limit=0, directory=str(tmp_path))
+    _history_ops(lost)
+    del lost
+    gc.collect()
+    assert not list(tmp_path.iterdir())
+
+    per_frame = 4 * (g * g * c + m * m)
+    assert make_history("auto", t, g, m, c, d, ram_limit=t * per_frame).backend == "ram"
+    auto_disk = make_history("auto", t, g, m, c, d, ram_limit=t * per_frame - 1)
+    assert auto_disk.backend == "disk"
+    auto_disk.close()
+    with pytest.raises(ValueError, match="history must be"):
+        make_history("memory", t, g, m, c, d, ram_limit=0)
+
+
+@pytest.mark.parametrize("frame_idx, reverse", [(13, False), (19, False), (6, True), (0, True)])
+def test_bank_from_history_matches_push(frame_idx, reverse):
+    """`bank_from_history` equals the bank that `push` leaves after tracking every frame up
+    to `frame_idx` in order (valid slots and their contents; cond slots entirely)."""
+    from sam_jax.predictors.history import RamHistory
+    from sam_jax.tracking.memory_bank import bank_from_history, empty_bank, push
+
+    t, g, c, d, r, q = 20, 2, 4, 8, 6, 15
+    dims = {"grid": g, "mem_dim": c, "ptr_dim": d, "num_recent": r, "num_ptr": q}
+    rng = np.random.default_rng(frame_idx)
+    hist = RamHistory(t, g, 4 * g, c, d)
+    keys = [5, 7]  # two objects in rows 0, 1; rows 2, 3 are padding
+    cond = []
+    for key in keys:
+        cf = {int(f) for f in rng.choice(t, 2, replace=False)}
+        cond.append({f: (rng.standard_normal((g, g, c)), rng.standard_normal(d)) for f in cf})
+        for f in range(t):
+            if f not in cf and rng.random() < 0.7:
+                feats, ptr = rng.standard_normal((g, g, c)), rng.standard_normal(d)
+                hist.put(key, f, feats, np.zeros((4 * g, 4 * g)), ptr, 0.0)
+    sizes = {"num_frames": t, "reverse": reverse, "num_objects": 4, "num_cond": 2}
+    built = bank_from_history(hist, keys, cond, frame_idx, **sizes, **dims)
+
+    bank = empty_bank(4, 2, num_frames=t, reverse=reverse, **dims)
+    for i, frames in enumerate(cond):
+        for j, f in enumerate(sorted(frames)):
+            bank.cond_feats[i, j], bank.cond_ptrs[i, j] = frames[f]
+            bank.cond_frames[i, j], bank.cond_valid[i, j] = f, True
+    bank = jax.tree_util.tree_map(jnp.asarray, bank)
+    order = range(t - 1, frame_idx, -1) if reverse else range(frame_idx)
+    for f in order:
+        write = np.zeros(4, bool)
+        feats, ptrs = np.zeros((4, g, g, c), np.float32), np.zeros((4, d), np.float32)
+        for i, key in enumerate(keys):
+            if f not in cond[i] and hist.has(key, f):
+                write[i], feats[i], ptrs[i] = True, hist.maskmem(key, f), hist.ptr(key, f)
+        bank = push(bank, f, jnp.asarray(write), jnp.asarray(feats), jnp.asarray(ptrs))
+    pushed = jax.tree_util.tree_map(np.asarray, bank)
+
+    for name in ("cond_feats", "cond_ptrs", "cond_frames", "cond_valid", "num_frames", "reverse"):
+        np.testing.assert_array_equal(getattr(built, name), getattr(pushed, name), name)
+    for prefix, vals in (("recent", "recent_feats"), ("ptr", "ptr_vals")):
+        valid = getattr(pushed, f"{prefix}_valid")
+        np.testing.assert_array_equal(getattr(built, f"{prefix}_valid"), valid, prefix)
+        assert valid.any()
+        np.testing.assert_array_equal(
+            getattr(built, f"{prefix}_frames")[valid], getattr(pushed, f"{prefix}_frames")[valid]
+        )
+        np.testing.assert_allclose(getattr(built, vals)[valid], getattr(pushed, vals)[valid])

@@ -7,12 +7,19 @@ import flax
 import numpy as np
 
 from sam_jax.checkpoint import variable_shapes
-from sam_jax.config import HieraConfig, Sam2Config
+from sam_jax.config import SAM2_1, HieraConfig, Sam2Config
 
 TINY2 = Sam2Config(
-    HieraConfig(16, 1, (1, 1, 2, 1), (3,), (8, 4, 6, 3), (7, 7)),
+    encoder=HieraConfig(
+        embed_dim=16,
+        num_heads=1,
+        stages=(1, 1, 2, 1),
+        global_att_blocks=(3,),
+        window_spec=(8, 4, 6, 3),
+        window_pos_embed_bkg_spatial_size=(7, 7),
+    ),
     image_size=64,
-    sam2_1=True,
+    **SAM2_1,
     decoder_mlp_dim=64,
     iou_head_hidden_dim=32,
     memory_attention_layers=1,

@@ -89,10 +89,11 @@ class Sam2(nn.Module):
         self.obj_ptr_proj = MLP(d, d, 3)
         # Turns a full-size mask prompt into SAM-logit-scale stride-4 input (video mode).
         self.mask_downsample = nn.Conv(1, (4, 4), strides=(4, 4), padding="VALID")
-        if cfg.sam2_1:
+        if cfg.no_obj_embed_spatial:
             self.no_obj_embed_spatial = self.param(
                 "no_obj_embed_spatial", init, (1, mem), jnp.float32
             )
+        if cfg.proj_tpos_enc_in_obj_ptrs:
             self.obj_ptr_tpos_proj = nn.Dense(mem)
 
     # ----------------------------------------------------------------------------- image
@@ -255,13 +256,13 @@ class Sam2(nn.Module):
         masks = heads.high_res_masks.transpose(0, 2, 3, 1)  # (b, s, s, 1)
         mem, mem_pos = self.memory_encoder(pix, masks, skip_mask_sigmoid=False)
         mem_pos = mem_pos + self.maskmem_tpos_enc[0]
-        if cfg.sam2_1:
+        if cfg.no_obj_embed_spatial:
             mem = mem + self.no_obj_embed_spatial[0]
         # One memory frame plus one object pointer split into d/mem_dim tokens.
         split = cfg.d_model // cfg.mem_dim
         ptr = heads.obj_ptr.reshape(b, split, cfg.mem_dim)
         ptr_pos = jnp.zeros_like(ptr)
-        if cfg.sam2_1:
+        if cfg.proj_tpos_enc_in_obj_ptrs:
             ptr_pos = ptr_pos + self.obj_ptr_tpos_proj(jnp.zeros((b, cfg.d_model)))[:, None]
         self.memory_attention(
             pix.reshape(b, g * g, -1),

@@ -2,7 +2,6 @@
 `track_step`, and propagation as a scanned chunk of frames."""
 
 from sam_jax.tracking.memory_bank import MemoryBank, bucket, empty_bank, memory_tokens
-from sam_jax.tracking.memory_window import shorten_memory
 from sam_jax.tracking.propagate import Chunk, StoredTable, make_propagate_chunk, propagate_chunk
 from sam_jax.tracking.track_step import (
     COND,
@@ -31,6 +30,5 @@ __all__ = [
     "make_track_step",
     "memory_tokens",
     "propagate_chunk",
-    "shorten_memory",
     "track_step",
 ]

@@ -32,12 +32,14 @@ Token layout (the sequence axis given to MemoryAttention):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Protocol
 
 import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
+from sam_jax.config import check_conditioning_memory
 from sam_jax.models.position_encoding import sine_position_encoding
 
 
@@ -68,6 +70,12 @@ class MemoryBank:
     @property
     def num_cond_slots(self) -> int:
         return self.cond_valid.shape[1]
+
+
+def ring_slot(frame_idx, num_slots: int):
+    """The ring slot of frame `frame_idx` among `num_slots` (int, numpy or jnp alike): the
+    one rule by which `push` and `bank_from_history` place recent memories and pointers."""
+    return frame_idx % num_slots
 
 
 def bucket(n: int, minimum: int = 1) -> int:
@@ -124,15 +132,17 @@ def memory_tokens(
     ptr_tpos: Callable[[jnp.ndarray], jnp.ndarray],
     signed_ptr_tpos: bool,
     max_obj_ptrs: int = 16,
-    cond_in_window_only: bool = False,
+    conditioning_memory: str = "always",
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, int]:
     """The memory a frame attends to, in fixed shape.
 
     maskmem_tpos_enc: (num_maskmem, m) temporal encodings of spatial memories;
     ptr_tpos: maps (..., ) float normalised pointer distances to (..., m) encodings (1-D
-    sine, projected in SAM 2.1); signed_ptr_tpos: SAM 2.1's signed distances;
-    cond_in_window_only: a conditioning frame's spatial memory counts only within R frames
-    of it, or while no recent memory counts (`Sam2Config.cond_memory_in_window_only`).
+    sine, projected in SAM 2.1); signed_ptr_tpos: signed distances of conditioning frames'
+    pointers (`Sam2Config.use_signed_tpos_enc_to_obj_ptrs`);
+    conditioning_memory: "always", every frame attends to the conditioning frames' spatial
+    memory, or "in_window", only frames within R of one, or holding no recent memory, do
+    (`Sam2Config.conditioning_memory`).
     Returns memory (O, M, m), memory_pos (O, M, m), mask (O, M) bool and the static
     number of pointer tokens, M = (C + R) * g * g + (C + Q) * (D // m).
     """
@@ -161,7 +171,8 @@ def memory_tokens(
     )
     frames_pos = jnp.concatenate([cond_pos.reshape(o, c * hw, m), recent_pos.reshape(o, -1, m)], 1)
     cond_ok = bank.cond_valid
-    if cond_in_window_only:
+    check_conditioning_memory(conditioning_memory)
+    if conditioning_memory == "in_window":
         near = jnp.abs(frame_idx - bank.cond_frames) <= r
         cond_ok = cond_ok & (near | ~recent_ok.any(axis=1, keepdims=True))
     frames_ok = jnp.concatenate(
@@ -209,7 +220,7 @@ def push(
     r = bank.recent_feats.shape[1]
     q = bank.ptr_vals.shape[1]
     f = jnp.asarray(frame_idx, jnp.int32)
-    rs, qs = f % r, f % q
+    rs, qs = ring_slot(f, r), ring_slot(f, q)
     return bank.replace(
         recent_feats=bank.recent_feats.at[:, rs].set(feats.astype(bank.recent_feats.dtype)),
         recent_frames=bank.recent_frames.at[:, rs].set(f),
@@ -225,3 +236,70 @@ def bank_nbytes(bank: MemoryBank) -> int:
     import jax
 
     return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(bank))
+
+
+class HistoryReader(Protocol):
+    """Per-object, per-frame non-conditioning outputs (e.g. a video predictor's history)."""
+
+    def has(self, key: Hashable, frame: int) -> bool: ...
+
+    def maskmem(self, key: Hashable, frame: int) -> np.ndarray: ...  # (g, g, m)
+
+    def ptr(self, key: Hashable, frame: int) -> np.ndarray: ...  # (D,)
+
+
+def bank_from_history(
+    history: HistoryReader,
+    keys: Sequence[Hashable],
+    cond: Sequence[Mapping[int, tuple[np.ndarray, np.ndarray]]],
+    frame_idx: int,
+    *,
+    num_frames: int,
+    reverse: bool,
+    num_objects: int,
+    num_cond: int,
+    grid: int,
+    mem_dim: int,
+    ptr_dim: int,
+    num_recent: int,
+    num_ptr: int,
+) -> MemoryBank:
+    """The bank (numpy arrays) with which frame `frame_idx` is tracked, from a full history.
+
+    Object i (row i < num_objects, padding rows empty) has history key `keys[i]` and
+    conditioning frames `cond[i]`: frame -> (spatial memory (g, g, mem_dim), pointer
+    (ptr_dim,)), filed in the cond slots in frame order (at most num_cond). The history's
+    entries of the num_recent (num_ptr) frames before `frame_idx` (after it in reverse),
+    except conditioning frames, fill the ring slots by `ring_slot`. Every valid slot equals
+    what `push` leaves after tracking those frames one by one up to `frame_idx`; the
+    other slots are empty (invalid, ignored by `memory_tokens`).
+    """
+    bank = empty_bank(
+        num_objects,
+        num_cond,
+        grid,
+        mem_dim,
+        ptr_dim,
+        num_recent=num_recent,
+        num_ptr=num_ptr,
+        num_frames=num_frames,
+        reverse=reverse,
+    )
+    d = -1 if reverse else 1
+    for i, (key, frames) in enumerate(zip(keys, cond, strict=True)):
+        for j, (cf, (feats, ptr)) in enumerate(sorted(frames.items(), key=lambda kv: kv[0])):
+            bank.cond_feats[i, j], bank.cond_ptrs[i, j] = feats, ptr
+            bank.cond_frames[i, j], bank.cond_valid[i, j] = cf, True
+        for k in range(1, max(num_recent, num_ptr) + 1):
+            f = frame_idx - d * k
+            if not 0 <= f < num_frames or f in frames or not history.has(key, f):
+                continue
+            if k <= num_recent:
+                s = ring_slot(f, num_recent)
+                bank.recent_feats[i, s] = history.maskmem(key, f)
+                bank.recent_frames[i, s], bank.recent_valid[i, s] = f, True
+            if k <= num_ptr:
+                s = ring_slot(f, num_ptr)
+                bank.ptr_vals[i, s] = history.ptr(key, f)
+                bank.ptr_frames[i, s], bank.ptr_valid[i, s] = f, True
+    return bank

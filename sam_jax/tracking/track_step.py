@@ -6,13 +6,14 @@ Every `*_impl(m, ...)` below takes the bound `Sam2` module first and is run thro
 scanned and vmapped. Shapes: S image size, g = S/16, D = 256, m = 64 (memory width),
 O objects, all sharing one frame's image features.
 
-Semantics (see REFERENCE.md, ultralytics `SAM2Model`):
+Semantics (those of ultralytics' `SAM2Model`; docs/reference.md):
 
 * tracking a frame: memory attention over the bank (`memory_bank.memory_tokens`), then the
   SAM heads with no prompt and multimask output (best IoU kept; the single-mask output
   where `multimask_output_for_tracking` is False), then the memory encoder
-  on the sigmoid of the upsampled mask logits, x20 - 10; SAM 2.1 adds `no_obj_embed_spatial`
-  to the memory where the object score is <= 0;
+  on the sigmoid of the upsampled mask logits, x20 - 10; with the config's
+  `no_obj_embed_spatial` (SAM 2.1) a learned embedding is added to the memory where the
+  object score is <= 0;
 * a prompted frame: an initial conditioning frame uses no memory (the features plus
   `no_mem_embed`); a correction on a tracked frame attends to the bank; the previous mask
   logits (clamped to +-32) may be fed as the mask prompt; multimask output iff at most one
@@ -108,7 +109,7 @@ def _upsample_to_image(m, low: jnp.ndarray) -> jnp.ndarray:
 def _ptr_tpos(m, pos: jnp.ndarray) -> jnp.ndarray:
     """Normalised pointer distances (...,) -> (..., m) temporal encodings."""
     cfg = m.config
-    if cfg.sam2_1:  # 256-d sine, projected to the memory width
+    if cfg.proj_tpos_enc_in_obj_ptrs:  # d_model-wide sine, projected to the memory width
         return m.obj_ptr_tpos_proj(sine_1d(pos, cfg.d_model))
     return sine_1d(pos, cfg.mem_dim)
 
@@ -125,9 +126,9 @@ def condition_on_memory(m, bank: MemoryBank, frame_idx, vision: jnp.ndarray) -> 
         frame_idx,
         tpos,
         lambda p: _ptr_tpos(m, p),
-        signed_ptr_tpos=cfg.sam2_1,
+        signed_ptr_tpos=cfg.use_signed_tpos_enc_to_obj_ptrs,
         max_obj_ptrs=cfg.max_obj_ptrs_in_encoder,
-        cond_in_window_only=cfg.cond_memory_in_window_only,
+        conditioning_memory=cfg.conditioning_memory,
     )
     curr = jnp.broadcast_to(vision.reshape(1, g * g, d), (o, g * g, d))
     pos = jnp.asarray(sine_position_encoding(g, g, d).reshape(1, g * g, d))
@@ -159,7 +160,7 @@ def encode_memory_impl(
         x = jax.nn.sigmoid(high_res_masks)
     x = x * cfg.sigmoid_scale_for_mem_enc + cfg.sigmoid_bias_for_mem_enc
     feats, _ = m.memory_encoder(pix_feat, x, skip_mask_sigmoid=True)
-    if cfg.sam2_1:
+    if cfg.no_obj_embed_spatial:
         absent = (object_score_logits <= 0).astype(feats.dtype).reshape(-1, 1, 1, 1)
         feats = feats + absent * m.no_obj_embed_spatial[0]
     return feats

@@ -4,12 +4,14 @@ The first prompt comes from the ground truth: a foreground point, or the object'
 jittered by noise. Each further click is drawn from the error region of the current
 prediction: positive if it lands on a missed pixel, negative on a false-positive one.
 Everything is jit-able with static shapes: points are sampled with Gumbel-max over a mask.
+`innermost_pixel` (numpy, not jit-able) is the deterministic click evaluations use.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def sample_pixel(key: jax.Array, mask: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -81,3 +83,20 @@ def corrective_click(key: jax.Array, logits: jnp.ndarray, target: jnp.ndarray):
     positive = target[jnp.arange(b), xy[:, 1].astype(jnp.int32), xy[:, 0].astype(jnp.int32)]
     labels = jnp.where(any_error, positive.astype(jnp.int32), -1)
     return xy[:, None], labels[:, None]
+
+
+def innermost_pixel(mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of a pixel of the (H, W) bool mask farthest from its background: of the last
+    pixels left by repeated erosion (a pixel stays while its 4 neighbours are in the mask;
+    outside the image counts as background), the middle one in row-major order."""
+    m = np.asarray(mask, bool)
+    if not m.any():
+        raise ValueError("innermost_pixel needs a mask with at least one True pixel")
+    last = m
+    while m.any():
+        last = m
+        p = np.pad(m, 1)
+        m = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    ys, xs = np.nonzero(last)
+    k = len(xs) // 2
+    return int(xs[k]), int(ys[k])

@@ -6,7 +6,8 @@
     state, metrics = step(state, images, targets, key)      # jit-compiled
 
 What trains is chosen by optax masking (frozen leaves get zero updates and no optimizer
-state). `compute_dtype=jnp.bfloat16` runs the model in bf16 against float32 parameters;
+state): a preset name of TRAINABLE, or a project's own rule (see `trains`).
+`compute_dtype=jnp.bfloat16` runs the model in bf16 against float32 parameters;
 `sam_jax.build(..., remat=True)` recomputes encoder blocks in the backward pass.
 """
 
@@ -25,9 +26,14 @@ import optax
 from sam_jax.train.clicks import cell_centre, corrective_click, first_prompt
 from sam_jax.train.losses import object_score_loss, sam_loss, soft_targets
 
-# What trains under each choice: (trained, frozen) glob patterns over "/"-joined parameter
+# (trained, frozen) glob patterns; trained=None: everything that is not frozen.
+GlobRule = tuple[tuple[str, ...] | None, tuple[str, ...]]
+# A preset name, a GlobRule, or "/"-joined parameter path -> whether it trains.
+Trainable = str | GlobRule | Callable[[str], bool]
+
+# What trains under each preset: (trained, frozen) glob patterns over "/"-joined parameter
 # paths, where trained=None means every parameter not frozen. Names are SAM's and SAM 2's.
-TRAINABLE = {
+TRAINABLE: dict[str, GlobRule] = {
     "decoder": (("mask_decoder/*", "sam_mask_decoder/*"), ()),
     "prompt_decoder": (
         ("prompt_encoder/*", "mask_decoder/*", "sam_prompt_encoder/*", "sam_mask_decoder/*"),
@@ -35,40 +41,57 @@ TRAINABLE = {
     ),
     # SAM 2: the heads and the whole memory path learn while the image features stay put.
     "all_but_encoder": (None, ("image_encoder/*",)),
-    # SAM 2 after `reseat_memory`: as all_but_encoder, but the memory attention's
-    # cross-attention keeps the positional (RoPE-only) queries and keys it was given.
-    "all_but_encoder_positional": (
-        None,
-        ("image_encoder/*", "memory_attention/*/cross_attn_image/[qk]_proj/*"),
-    ),
     "all": (None, ()),
 }
 
 
-def trainable_labels(params: Any, trainable: str) -> Any:
-    """'train' / 'freeze' label for every leaf of `params`."""
-    if trainable not in TRAINABLE:
-        raise ValueError(f"trainable must be one of {list(TRAINABLE)}; got {trainable!r}")
-    trained, frozen = TRAINABLE[trainable]
+def trains(trainable: Trainable) -> Callable[[str], bool]:
+    """The rule `trainable` names, as "/"-joined parameter path -> whether it trains.
 
-    def label(path: tuple[str, ...]) -> str:
-        name = "/".join(path)
+    `trainable` is a preset name (a key of TRAINABLE), a (trained, frozen) pair of glob
+    patterns as in TRAINABLE (a project's own preset), or such a rule itself."""
+    if callable(trainable):
+        return trainable
+    if isinstance(trainable, str):
+        if trainable not in TRAINABLE:
+            raise ValueError(f"trainable must be one of {list(TRAINABLE)}; got {trainable!r}")
+        trainable = TRAINABLE[trainable]
+    if not (
+        isinstance(trainable, tuple)
+        and len(trainable) == 2
+        and all(isinstance(p, tuple | type(None)) for p in trainable)
+    ):
+        raise ValueError(
+            "trainable must be a preset name, a (trained, frozen) pair of tuples of glob "
+            f"patterns, or a callable; got {trainable!r}"
+        )
+    trained, frozen = trainable
+
+    def rule(name: str) -> bool:
         hit = lambda patterns: any(fnmatch.fnmatchcase(name, p) for p in patterns)
-        return "train" if (trained is None or hit(trained)) and not hit(frozen) else "freeze"
+        return (trained is None or hit(trained)) and not hit(frozen or ())
 
+    return rule
+
+
+def trainable_labels(params: Any, trainable: Trainable) -> Any:
+    """'train' / 'freeze' label for every leaf of `params` (`trains` reads `trainable`)."""
+    rule = trains(trainable)
     flat = flax.traverse_util.flatten_dict(params)
-    return flax.traverse_util.unflatten_dict({k: label(k) for k in flat})
+    labels = {k: "train" if rule("/".join(k)) else "freeze" for k in flat}
+    return flax.traverse_util.unflatten_dict(labels)
 
 
 def make_optimizer(
     params: Any,
-    trainable: str = "all",
+    trainable: Trainable = "all",
     learning_rate: float | optax.Schedule = 1e-4,
     weight_decay: float = 0.1,
     clip_norm: float = 1.0,
 ) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping on the chosen modules; zero updates (and no state)
-    for the rest."""
+    """AdamW with global-norm clipping on the parameters `trainable` chooses (a preset name
+    of TRAINABLE, a (trained, frozen) glob pair or a path rule: see `trains`); zero updates
+    (and no optimizer state) for the rest."""
     train = optax.chain(
         optax.clip_by_global_norm(clip_norm), optax.adamw(learning_rate, weight_decay=weight_decay)
     )

@@ -32,7 +32,8 @@ class Shape:
     period: float
 
 
-def _random_shape(rng: np.random.Generator, size: int) -> Shape:
+def random_shape(rng: np.random.Generator, size: int) -> Shape:
+    """A shape of random kind, place, size, colours and texture in a size x size image."""
     r = rng.uniform(0.07, 0.2) * size
     return Shape(
         kind=KINDS[rng.integers(len(KINDS))],
@@ -85,8 +86,9 @@ def _texture(s: Shape, size: int, rng: np.random.Generator) -> np.ndarray:
     return s.color * (1 - t) + s.color2 * t
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth gradient with noise and clutter: small blobs and lines that are not objects."""
+def background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size, 3) float: a smooth gradient with noise and clutter (small blobs and lines
+    that are not objects)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     w = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None]
@@ -103,9 +105,11 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img + rng.normal(0, 6, img.shape)
 
 
-def _render(
+def render(
     shapes: list[Shape], bg: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
+    """`shapes` painted in order over `bg` (S, S, 3): the image (S, S, 3) uint8 and each
+    shape's visible mask (K, S, S) bool (later shapes occlude earlier ones)."""
     size = bg.shape[0]
     img = bg.copy()
     masks = np.zeros((len(shapes), size, size), bool)
@@ -117,16 +121,18 @@ def _render(
     return np.clip(img, 0, 255).astype(np.uint8), masks
 
 
-def scene(seed: int, size: int = 256, num_objects: tuple[int, int] = (2, 5)):
+def scene(
+    seed: int, size: int = 256, num_objects: tuple[int, int] = (2, 5)
+) -> tuple[np.ndarray, np.ndarray]:
     """One image (size, size, 3) uint8 and visible masks (K, size, size) bool, K >= 1."""
     rng = np.random.default_rng(seed)
-    shapes = [_random_shape(rng, size) for _ in range(rng.integers(*num_objects, endpoint=True))]
-    return _render(shapes, _background(rng, size), rng)
+    shapes = [random_shape(rng, size) for _ in range(rng.integers(*num_objects, endpoint=True))]
+    return render(shapes, background(rng, size), rng)
 
 
 def video(
     seed: int, num_frames: int = 16, size: int = 256, num_objects: int = 3, max_speed: float = 0.03
-):
+) -> tuple[np.ndarray, np.ndarray]:
     """Frames (T, size, size, 3) uint8 and visible masks (T, K, size, size) bool.
 
     Shapes move with constant velocity, each component uniform in +-max_speed image sizes
@@ -134,12 +140,12 @@ def video(
     Texture noise is drawn once per object, so an object looks the same in every frame.
     """
     rng = np.random.default_rng(seed)
-    shapes = [_random_shape(rng, size) for _ in range(num_objects)]
+    shapes = [random_shape(rng, size) for _ in range(num_objects)]
     vel = rng.uniform(-1.0, 1.0, (num_objects, 2)) * max_speed * size
-    bg = _background(rng, size)
+    bg = background(rng, size)
     frames, masks = [], []
     for _ in range(num_frames):
-        img, m = _render(shapes, bg, np.random.default_rng(seed + 1))
+        img, m = render(shapes, bg, np.random.default_rng(seed + 1))
         frames.append(img)
         masks.append(m)
         moved = []

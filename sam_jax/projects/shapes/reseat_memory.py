@@ -1,29 +1,21 @@
-"""Re-seat a SAM 2 model's memory path so that training can teach it to track.
+"""Re-seat a SAM 2 model's memory path so that training can teach it to track by position.
 
-A small SAM 2 trained from scratch here learned a memory that tracking could not use
-(measured on the stage-9 `sam2_tiny_shapes`): the memory encoder's mask branch was about 2%
-of its output, so a frame's memory described the frame's pixels, hardly where the object
-was; and the cross-attention put 1.6% of its weight on the query's own position, matching
-content instead. Further training did not get out of that state (the tracked frames' IoU
-stayed flat for 1100 steps). `reseat_memory` fixes two sets of weights, then training goes on
-(`trainable="all_but_encoder_positional"` keeps the second fix in place):
+`reseat_memory` sets two groups of weights, then training goes on (with the trainable rule
+`ALL_BUT_ENCODER_POSITIONAL`, which keeps the second group in place):
 
-* the mask branch's last convolution is scaled by `mask_gain`, so the mask weighs about as
-  much as the pixels in every memory token;
+* the memory encoder's mask branch (its last convolution) is scaled by `mask_gain`, so the
+  mask weighs more against the pixels in every memory token;
 * every memory-attention layer's cross-attention gets queries and keys that ignore content
   (zero kernels) and share one constant vector `c` (the biases). Under axial RoPE the logit
   of query position p against memory position p' is then sum_k |c_k|^2 cos(f_k (p' - p)) / sqrt(d),
   which peaks at p' = p: each position reads the memory at and around itself, in every
   stored frame. `c` fills the `pairs` highest-frequency channel pairs of each axis with
   `amplitude`; the defaults put about 0.2 of a query's weight on its own position of a frame
-  and about 0.7 on the 3x3 around it (16x16 grid).
+  and more than 0.6 on the 3x3 around it (16x16 grid; tested).
 
-With those keys every stored frame weighs the same, so a moving object's memory is smeared
-along its path, the conditioning frame's copy staying where the object was clicked
-(measured on the stage-11 bundle: tracking held 0.68 over 16 frames on still videos and
-fell to 0.30 on moving ones). `weigh_recent_memory` lets the keys see the frame's temporal
-encoding through one channel `j` and nothing else, so that the most recent frame's logits
-are scaled by `gain`:
+With those keys every stored frame weighs the same. `weigh_recent_memory` lets the keys see
+the frame's temporal encoding through one channel `j` and nothing else, so that the most
+recent frame's logits are scaled by `gain`:
 
 * channel `j` of everything that enters the keys but the temporal table is made zero: the
   memory encoder's output and its no-object embedding, the object pointers (each of their
@@ -34,12 +26,7 @@ are scaled by `gain`:
   with `e_j` its temporal encoding's channel `j`, set to `gain - 1` for the most recent
   frame and 0 for the others; object pointers keep the key `c`.
 
-Measured on stage 11 (the bundle's weights), untrained: on 16 held-out 8-frame clips the tracked
-frames' best-of-three IoU rose from 0.608 to 0.629 with gain 1.6; `VideoPredictor` tracking
-over 16 frames rose on the 20 held-out videos (0.469 -> 0.523) but not on 20 validation
-videos (0.587 -> 0.581). Training after it on 8-frame clips made tracking worse
-(0.32-0.36), at lr 3e-4 or 5e-5, and also with every leaf that feeds channel `j` frozen;
-the cause is not known yet (the same continuation without the edit was not run).
+Why and what it gave the bundled `sam2_tiny_shapes`: sam_jax/projects/shapes/README.md.
 """
 
 from __future__ import annotations
@@ -51,6 +38,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.config import Sam2Config
+
+# A trainable rule for `sam_jax.train.step.make_optimizer` after `reseat_memory`: as the
+# "all_but_encoder" preset, but the memory attention's cross-attention keeps the positional
+# queries and keys it was given. (trained, frozen) globs over "/"-joined parameter paths.
+ALL_BUT_ENCODER_POSITIONAL = (
+    None,
+    ("image_encoder/*", "memory_attention/*/cross_attn_image/[qk]_proj/*"),
+)
 
 
 def positional_vector(dim: int, amplitude: float = 2.5, pairs: int = 10) -> np.ndarray:

@@ -7,15 +7,28 @@ from pathlib import Path
 
 import numpy as np
 
+from sam_jax.cli import flags
+from sam_jax.cli.images import overlay
+
+
+def _load_sam2(args: argparse.Namespace):
+    from sam_jax.checkpoint import load
+    from sam_jax.config import Sam2Config
+
+    model, params = load(args.checkpoint, variant=args.variant)
+    if not isinstance(model.config, Sam2Config):
+        raise ValueError(
+            f"tracking needs a SAM 2 checkpoint; {args.checkpoint} is {model.config.name}"
+        )
+    return model, params
+
 
 def run(args: argparse.Namespace) -> None:
+    """Track the object prompted on args.frame; write args.out/mask_NNNNN.png, overlay.gif."""
     from PIL import Image
 
-    from sam_jax.checkpoint import load
-    from sam_jax.cli_segment import overlay
-    from sam_jax.config import Sam2Config
+    from sam_jax import VideoPredictor
     from sam_jax.video_io import open_frames
-    from sam_jax.video_predictor import VideoPredictor
 
     points = args.point or []
     if not points and args.box is None:
@@ -23,12 +36,8 @@ def run(args: argparse.Namespace) -> None:
     frames = open_frames(args.frames)
     if not 0 <= args.frame < len(frames):
         raise ValueError(f"--frame {args.frame} is outside the video's {len(frames)} frames")
-    model, params = load(args.checkpoint, variant=args.variant)
-    if not isinstance(model.config, Sam2Config):
-        raise ValueError(
-            f"tracking needs a SAM 2 checkpoint; {args.checkpoint} is {model.config.name}"
-        )
-    vp = VideoPredictor(model, params)
+    model, params = _load_sam2(args)
+    vp = VideoPredictor(model, params, progress=not args.quiet)
     state = vp.init_state(frames)
     vp.add_new_points_or_box(
         state,
@@ -56,8 +65,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from sam_jax.cli_segment import parse_box, parse_point
-
+    """Register `track` on the sub-command parsers `sub`."""
     p = sub.add_parser(
         "track",
         help="track an object prompted on one frame through a video (SAM 2); writes per-frame "
@@ -66,10 +74,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "frames", metavar="FRAMES_OR_VIDEO", help="a folder of JPEG/PNG frames or a video file"
     )
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a SAM 2 checkpoint")
-    p.add_argument("--variant", default=None, help="override the detected variant")
-    p.add_argument("--frame", type=int, default=0, help="index of the prompted frame")
-    p.add_argument("--point", type=parse_point, action="append", metavar="X,Y[,LABEL]")
-    p.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    flags.add_checkpoint(p, help="a SAM 2 checkpoint: " + flags.CHECKPOINT_HELP)
+    flags.add_variant(p)
+    p.add_argument(
+        "--frame", type=int, default=0, metavar="F", help="index of the prompted frame (0)"
+    )
+    flags.add_prompts(p, pixels_of="frame")
+    flags.add_out(p, metavar="DIR", help="output folder")
+    flags.add_quiet(p)
     p.set_defaults(run=run)

@@ -13,13 +13,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from sam_jax.cli import flags
 
 DEMO_SEED = 10_000_007  # a held-out scene (training uses seeds below 1,000,000)
 
 
-def _model(name: str):
+def _model(name: str) -> tuple[tuple[Any, Any], str]:
+    """((model, variables), what it is) for a bundled name, a checkpoint file, or a variant
+    name (random weights, with a note on stderr)."""
     import jax
 
     from sam_jax.checkpoint import build, bundled_models, init_params, load
@@ -38,17 +43,20 @@ def _model(name: str):
 
 
 def run(args: argparse.Namespace) -> None:
+    """The image part, then the video part unless --video-checkpoint is ''."""
     from PIL import Image
 
+    from sam_jax import Predictor
     from sam_jax.checkpoint import load, save
-    from sam_jax.cli_segment import overlay
-    from sam_jax.predictor import Predictor
-    from sam_jax.train.recipes import innermost_pixel, iou_or_one, promptable
-    from sam_jax.train.synthetic import scene
+    from sam_jax.cli.images import overlay
+    from sam_jax.projects.shapes.evaluate import iou_or_one
+    from sam_jax.projects.shapes.synthetic import scene
+    from sam_jax.train.batching import promptable
+    from sam_jax.train.clicks import innermost_pixel
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (model, params), what = _model(args.model)
+    (model, params), what = _model(args.checkpoint)
     save(out / "model.safetensors", model, params)
     model, params = load(out / "model.safetensors")
     print(f"model: {what}, saved and reloaded from {out / 'model.safetensors'}")
@@ -77,7 +85,7 @@ def run(args: argparse.Namespace) -> None:
         image,
         points_per_side=args.points_per_side,
         pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_thresh,
+        stability_score_thresh=args.stability_score_thresh,
     )
     segs = [r["segmentation"] for r in records]
     Image.fromarray(overlay(image, segs)).save(out / "overlay_everything.png")
@@ -86,11 +94,11 @@ def run(args: argparse.Namespace) -> None:
         f"segment everything: {len(records)} masks; best match per object (IoU) "
         + ", ".join(f"{b:.2f}" for b in best)
     )
-    if args.video_model:
+    if args.video_checkpoint:
         _video(args, out)
     print(
         f"wrote {out}/: image.png, mask_*.png, overlay_clicks.png, overlay_everything.png"
-        + (", video_strip.png" if args.video_model else "")
+        + (", video_strip.png" if args.video_checkpoint else "")
     )
 
 
@@ -98,12 +106,14 @@ def _video(args: argparse.Namespace, out: Path) -> None:
     """Track every sizeable object of a held-out video from one click on frame 0."""
     from PIL import Image
 
-    from sam_jax.cli_segment import overlay
-    from sam_jax.train.recipes import innermost_pixel, iou_or_one, promptable
-    from sam_jax.train.synthetic import video
-    from sam_jax.video_predictor import VideoPredictor
+    from sam_jax import VideoPredictor
+    from sam_jax.cli.images import overlay
+    from sam_jax.projects.shapes.evaluate import iou_or_one
+    from sam_jax.projects.shapes.synthetic import video
+    from sam_jax.train.batching import promptable
+    from sam_jax.train.clicks import innermost_pixel
 
-    (model, params), what = _model(args.video_model)
+    (model, params), what = _model(args.video_checkpoint)
     frames, masks = video(DEMO_SEED, args.frames, model.config.image_size)
     objs = promptable(masks[0])
     vp = VideoPredictor(model, params, progress=False)
@@ -125,20 +135,33 @@ def _video(args: argparse.Namespace, out: Path) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `demo` (old flag spellings --model, --video-model, --stability-thresh are
+    accepted, hidden from --help)."""
     p = sub.add_parser("demo", help="run the main job on bundled data with a bundled model")
-    p.add_argument("--out", default="demo_out", help="output folder")
-    p.add_argument(
-        "--model", default="sam_tiny_shapes", help="bundled model name or checkpoint file"
+    flags.add_out(p, metavar="DIR", help="output folder", required=False, default="demo_out")
+    flags.add_checkpoint(
+        p,
+        required=False,
+        default="sam_tiny_shapes",
+        help="image model: bundled model name or checkpoint file",
+        aliases=("--model",),
     )
-    p.add_argument("--points-per-side", type=int, default=16)
-    # The bundled tiny model's predicted IoUs run lower than SAM's: at SAM's own 0.88 / 0.95
-    # it keeps few or none of the masks of the demo scene.
-    p.add_argument("--pred-iou-thresh", type=float, default=0.7, help="segment everything")
-    p.add_argument("--stability-thresh", type=float, default=0.85, help="segment everything")
     p.add_argument(
-        "--video-model",
+        "--video-checkpoint",
         default="sam2_tiny_shapes",
+        metavar="CKPT",
         help="SAM 2 model (bundled name or checkpoint file) for the video part ('' skips it)",
     )
+    flags.add_hidden_alias(p, "--video-model", "video_checkpoint")
+    # The bundled tiny model's predicted IoUs run lower than SAM's: at SAM's own 0.88 / 0.95
+    # it keeps few or none of the masks of the demo scene.
+    flags.add_generator_flags(
+        p.add_argument_group("segment-everything options"),
+        ("points_per_side", "pred_iou_thresh", "stability_score_thresh"),
+        points_per_side=16,
+        pred_iou_thresh=0.7,
+        stability_score_thresh=0.85,
+    )
+    flags.add_hidden_alias(p, "--stability-thresh", "stability_score_thresh", type=float)
     p.add_argument("--frames", type=int, default=16, help="frames of the demo video")
     p.set_defaults(run=run)

@@ -7,9 +7,8 @@ conditioning frames, so shortening the window to n keeps rows 0 .. n - 2 and the
 every memory still in reach keeps its encoding, and the shortened model equals the
 original one with the memories older than n - 1 frames dropped.
 
-Why: the small model trained here (`sam2_tiny_shapes`) reads its memory by position, so
-each remembered frame holds a moving object where it was; the fewer old frames, the less
-that lagging copy weighs (measured in the README).
+A model that reads its memory by position (`reseat_memory`) holds a moving object where it
+was in each remembered frame; a shorter window keeps fewer such lagging copies.
 """
 
 from __future__ import annotations

@@ -1,0 +1,12 @@
+"""Predictors: prompts in original-image pixels in, masks at the original size out.
+
+`image.Predictor` segments one image from prompts, `mask_generator.MaskGenerator` segments
+everything in an image, `video.VideoPredictor` tracks prompted objects through a video.
+`prompts` holds the prompt validation they share, `resample` the bilinear resampling between
+the letterboxed model frame and the original image, `amg` the segment-everything helpers.
+"""
+
+from sam_jax.predictors.image import Predictor
+from sam_jax.predictors.mask_generator import MaskGenerator
+
+__all__ = ["MaskGenerator", "Predictor"]

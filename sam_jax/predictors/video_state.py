@@ -1,0 +1,114 @@
+"""The state of one video session: frames, objects with their prompts and outputs, history.
+
+A `VideoState` is created by `VideoPredictor.init_state` and passed to the predictor's
+methods; the predictor keeps nothing per session itself. Per object, an `ObjectTrack`
+holds its prompts, the outputs of its prompted frames (`PromptOutput`) and which frames it
+was tracked on; the non-conditioning outputs of tracked frames live in the session's
+`FrameHistory`, under the track's integer key.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sam_jax.predictors.history import FrameHistory
+from sam_jax.transforms import letterbox, letterbox_geometry
+from sam_jax.video_io import FrameSource
+
+
+@dataclass
+class PromptOutput:
+    """A prompted frame's output for one object; `maskmem` is set once it is encoded into
+    memory (at the start of the next propagation)."""
+
+    low_res: np.ndarray  # (m, m) float32 logits
+    ptr: np.ndarray  # (d_model,) object pointer
+    score: float  # object score logit
+    is_cond: bool  # a conditioning frame (else a correction kept as non-conditioning)
+    maskmem: np.ndarray | None = None  # (g, g, mem_dim)
+
+
+@dataclass
+class ObjectTrack:
+    """Prompts, prompted outputs and tracking bookkeeping of one object.
+
+    key: the object's key in the history; points: frame -> (coords (N, 2) in model pixels,
+    labels (N,)); masks: frame -> (S, S) 0/1 letterboxed mask prompt; temp: frame ->
+    PromptOutput prompted since the last propagation; cond: frame -> PromptOutput of the
+    conditioning frames; prompted: frames whose correction is kept in the history as a
+    non-conditioning output; tracked: frame -> whether it was last tracked in reverse.
+    """
+
+    key: int
+    points: dict = field(default_factory=dict)
+    masks: dict = field(default_factory=dict)
+    temp: dict = field(default_factory=dict)
+    cond: dict = field(default_factory=dict)
+    prompted: set = field(default_factory=set)
+    tracked: dict = field(default_factory=dict)
+
+    def current_low_res(self, history: FrameHistory, f: int) -> np.ndarray | None:
+        """The newest (m, m) logits on frame f: a prompt's since the last propagation, a
+        conditioning frame's, else the history's; None if the object has none there."""
+        if f in self.temp:
+            return self.temp[f].low_res
+        if f in self.cond:
+            return self.cond[f].low_res
+        if history.has(self.key, f):
+            return history.low_res(self.key, f)
+        return None
+
+    def cond_memories(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Conditioning frame -> (spatial memory, pointer), as `bank_from_history` takes."""
+        return {f: (out.maskmem, out.ptr) for f, out in self.cond.items()}
+
+
+class VideoState:
+    """Everything about one video session (frames, objects, prompts, history). Create it
+    with `VideoPredictor.init_state`; pass it to the predictor's methods.
+
+    frames: the frame source; num_frames, video_height, video_width: the video's size;
+    image_size: the model's input size S; ratio: the letterbox scale from video to model pixels; tracks: obj_id -> ObjectTrack in
+    the order objects were added; history: the tracked frames' outputs; features: a small
+    LRU cache frame -> encoder features; taps: resampling of low-res logits to the video's
+    size (made on first use).
+    """
+
+    def __init__(self, frames: FrameSource, image_size: int, history: FrameHistory) -> None:
+        self.frames = frames
+        self.num_frames = len(frames)
+        self.video_height, self.video_width = (int(x) for x in frames.hw)
+        self.image_size = image_size
+        self.ratio = letterbox_geometry(self.video_height, self.video_width, image_size)[0]
+        self.tracks: dict[Any, ObjectTrack] = {}
+        self.history = history
+        self.features: collections.OrderedDict = collections.OrderedDict()
+        self.taps = None
+        self._next_key = 0
+
+    @property
+    def obj_ids(self) -> list:
+        """Object ids in the order they were added (the row order of every output)."""
+        return list(self.tracks)
+
+    def frame_index(self, frame_idx: int) -> int:
+        """frame_idx as an int; IndexError outside [0, num_frames)."""
+        f = int(frame_idx)
+        if not 0 <= f < self.num_frames:
+            raise IndexError(f"frame_idx {frame_idx} outside [0, {self.num_frames})")
+        return f
+
+    def letterboxed(self, f: int) -> np.ndarray:
+        """Frame f as the model's (S, S, 3) uint8 input (letterboxed, top-left, pad 114)."""
+        return letterbox(self.frames[f], self.image_size)
+
+    def track(self, obj_id: Any) -> ObjectTrack:
+        """The object's track, created (with a fresh history key) on first use."""
+        if obj_id not in self.tracks:
+            self.tracks[obj_id] = ObjectTrack(key=self._next_key)
+            self._next_key += 1
+        return self.tracks[obj_id]
