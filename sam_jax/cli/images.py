@@ -22,8 +22,11 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+    except (UnidentifiedImageError, OSError, ImportError) as e:
+        # ImportError: a decoder plugin that Pillow (or a package patching it, as
+        # ultralytics does for HEIF) tries to load for an unidentified file is missing.
+        why = f"not a format Pillow reads ({e})" if isinstance(e, ImportError) else e
+        raise ValueError(f"cannot read image {path}: {why}") from e
 
 
 def save_png(array: np.ndarray, path: Path) -> None:

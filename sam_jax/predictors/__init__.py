@@ -4,6 +4,9 @@
 everything in an image, `video.VideoPredictor` tracks prompted objects through a video.
 `prompts` holds the prompt validation they share, `resample` the bilinear resampling between
 the letterboxed model frame and the original image, `amg` the segment-everything helpers.
+The video predictor's parts: `history` (per-frame outputs, in RAM or on disk),
+`video_state` (a session), `video_propagation` (which frames run, chunk by chunk) and
+`video_compiled` (its jit-compiled functions).
 """
 
 from sam_jax.predictors.image import Predictor

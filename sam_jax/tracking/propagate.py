@@ -16,8 +16,7 @@ STORED) only files the stored entries, without running any network; padding step
 
 Where the image encoder runs is up to the chunk: with `images` (letterboxed uint8 frames)
 it runs inside the scan body; with `vision`/`high_res_*` the features were computed ahead
-(`encode_frames`). See `sam_jax.video_predictor` for the measurements behind the
-predictor's default (ahead).
+(`encode_frames`). `sam_jax.predictors.video.VideoPredictor` encodes ahead.
 """
 
 from __future__ import annotations
