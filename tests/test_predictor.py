@@ -493,19 +493,12 @@ def test_sam2_predict_matches_ultralytics():
     """The same predictor drives SAM 2 (dict features, three outputs): SAM2Predictor parity."""
     from ultralytics.models.sam.predict import SAM2Predictor
 
-    from sam_jax.config import HieraConfig, Sam2Config
+    from sam_jax.config import Sam2Config
     from tests.reference_sam2 import build_reference_sam2
+    from tests.tiny_configs import SMALL_HIERA
 
     s = 128
-    hiera = HieraConfig(
-        embed_dim=32,
-        num_heads=1,
-        stages=(1, 2, 3, 2),
-        global_att_blocks=(4, 7),
-        window_spec=(8, 4, 6, 3),
-        window_pos_embed_bkg_spatial_size=(7, 7),
-    )
-    cfg = Sam2Config(encoder=hiera, image_size=s)
+    cfg = Sam2Config(encoder=SMALL_HIERA, image_size=s)
     ref = randomize_(build_reference_sam2(cfg), seed=3)
     with torch.no_grad():  # random weights: make "object present" sure
         ref.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 10.0

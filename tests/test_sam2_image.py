@@ -37,6 +37,7 @@ from sam_jax.models.resize import resize_bicubic, resize_bilinear_antialias
 from sam_jax.models.sam2 import NO_OBJ_SCORE, Sam2
 from tests.reference import nchw, randomize_, rel_err, to_nchw
 from tests.reference_sam2 import build_reference_sam2
+from tests.tiny_configs import SMALL_HIERA
 
 FEATURE_TOL = 1e-4
 LOGIT_TOL = 1e-3
@@ -56,14 +57,7 @@ HEADS = (
 # and a 1-block stage, heads > 1, a background table larger or smaller than needed).
 SMALL = {
     "2.1": Sam2Config(
-        encoder=HieraConfig(
-            embed_dim=32,
-            num_heads=1,
-            stages=(1, 2, 3, 2),
-            global_att_blocks=(4, 7),
-            window_spec=(8, 4, 6, 3),
-            window_pos_embed_bkg_spatial_size=(7, 7),
-        ),
+        encoder=SMALL_HIERA,
         image_size=128,
         **SAM2_1,
     ),

@@ -9,6 +9,17 @@ import numpy as np
 from sam_jax.checkpoint import variable_shapes
 from sam_jax.config import SAM2_1, HieraConfig, Sam2Config
 
+# A reduced Hiera with every structural case of the full ones (a pooled stage starting with
+# the previous window, padded windows, global blocks, 2-block and 1-block stages).
+SMALL_HIERA = HieraConfig(
+    embed_dim=32,
+    num_heads=1,
+    stages=(1, 2, 3, 2),
+    global_att_blocks=(4, 7),
+    window_spec=(8, 4, 6, 3),
+    window_pos_embed_bkg_spatial_size=(7, 7),
+)
+
 TINY2 = Sam2Config(
     encoder=HieraConfig(
         embed_dim=16,

@@ -10,31 +10,19 @@ from __future__ import annotations
 import dataclasses
 
 from sam_jax.config import VARIANTS as CORE_VARIANTS
-from sam_jax.config import Sam2Config, SamConfig, ViTConfig
+from sam_jax.config import ModelConfig
 
-SAM_TINY_SHAPES_P16 = SamConfig(
+_BUNDLED = CORE_VARIANTS["sam_tiny_shapes"]
+SAM_TINY_SHAPES_P16 = dataclasses.replace(
+    _BUNDLED,
     name="sam_tiny_shapes_p16",
-    encoder=ViTConfig(
-        embed_dim=128,
-        depth=4,
-        num_heads=4,
-        global_attn_indexes=(1, 3),
-        patch_size=16,
-        window_size=8,
-        out_chans=128,
-        pretrain_image_size=256,
-    ),
-    image_size=256,
-    prompt_embed_dim=128,
-    decoder_mlp_dim=512,
-    decoder_num_heads=4,
-    iou_head_hidden_dim=128,
+    encoder=dataclasses.replace(_BUNDLED.encoder, patch_size=16, window_size=8),
 )
 
-VARIANTS: dict[str, SamConfig | Sam2Config] = {SAM_TINY_SHAPES_P16.name: SAM_TINY_SHAPES_P16}
+VARIANTS: dict[str, ModelConfig] = {SAM_TINY_SHAPES_P16.name: SAM_TINY_SHAPES_P16}
 
 
-def variant_config(name: str, image_size: int | None = None) -> SamConfig | Sam2Config:
+def variant_config(name: str, image_size: int | None = None) -> ModelConfig:
     """The config of a variant of this project or of the core table (`sam_jax.VARIANTS`),
     optionally at another square image size."""
     table = {**CORE_VARIANTS, **VARIANTS}
