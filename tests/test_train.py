@@ -408,3 +408,105 @@ def test_innermost_pixel_and_batches():
     np.testing.assert_allclose(
         x[0, 0, 0] * TINY.pixel_std + TINY.pixel_mean, images[0, 0, 0], atol=1e-4
     )
+
+
+def test_accumulation_averages_the_micro_batch_gradients():
+    """accumulate=N: the update is the optimizer's on the mean of the N micro-batches'
+    gradients (micro-batch i with key fold_in(key, i)), on the trained leaves only."""
+    import optax
+
+    from sam_jax.train.step import interactive_loss, trainable_labels
+
+    model = build_from_config(TINY)
+    variables = random_variables(model)
+    labels = trainable_labels(variables["params"], "decoder")
+    tx = optax.multi_transform({"train": optax.sgd(1.0), "freeze": optax.set_to_zero()}, labels)
+    step = make_train_step(model, tx, num_corrections=1, trainable="decoder", accumulate=2)
+    x, t = scene_batch(4)
+    key = jax.random.key(5)
+    state, met = step(TrainState.create(variables, tx), x, t, key)
+
+    @jax.jit
+    def grads(decoder, xi, ti, ki):
+        def loss(decoder):
+            params = {**variables["params"], "mask_decoder": decoder}
+            return interactive_loss(model, {**variables, "params": params}, xi, ti, ki, 1)
+
+        return jax.grad(loss, has_aux=True)(decoder)
+
+    decoder = variables["params"]["mask_decoder"]
+    micro = lambda i: grads(
+        decoder, x[2 * i : 2 * i + 2], t[2 * i : 2 * i + 2], jax.random.fold_in(key, i)
+    )
+    (g0, m0), (g1, m1) = micro(0), micro(1)
+    want = jax.tree.map(lambda p, a, b: p - (a + b) / 2, decoder, g0, g1)
+    got = state.variables["params"]
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got["mask_decoder"]), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
+    assert _changed_modules(variables["params"], jax.device_get(got)) == {"mask_decoder"}
+    np.testing.assert_allclose(float(met["loss"]), (m0["loss"] + m1["loss"]) / 2, rtol=1e-5)
+    with pytest.raises(ValueError, match="must divide the batch"):
+        step(TrainState.create(variables, tx), x[:3], t[:3], key)
+
+
+def test_frozen_leaves_get_no_gradient_work(tiny_sam2):
+    """The step differentiates only what trains: a frozen encoder's backward pass is not in
+    the program (fewer matmuls than with everything training), with or without gradient
+    accumulation (its loop body is the step's, matmul for matmul)."""
+    model, variables = tiny_sam2
+    x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    t = jax.ShapeDtypeStruct((2, 64, 64), jnp.bool_)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+
+    def matmuls(trainable: str, accumulate: int) -> int:
+        tx = make_optimizer(variables["params"], trainable, 1e-3)
+        step = make_train_step(model, tx, num_corrections=0, accumulate=accumulate)
+        state = jax.eval_shape(lambda: TrainState.create(variables, tx))
+        return step.lower(state, x, t, key).as_text().count("stablehlo.dot_general")
+
+    decoder, everything = matmuls("decoder", 1), matmuls("all", 1)
+    assert matmuls("decoder", 2) == decoder < matmuls("all_but_encoder", 1) < everything
+    assert matmuls("all", 2) == everything
+
+
+def test_optimizer_accumulation_keeps_state_for_trained_leaves_only():
+    """make_optimizer(..., accumulate=N): the parameters move on every N-th call, and the
+    accumulated gradients (like Adam's moments) exist for the trained leaves only."""
+    shapes = variable_shapes(build_from_config(TINY))["params"]
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    tx = make_optimizer(params, "decoder", 1e-3, accumulate=2)
+    state = tx.init(params)
+    n_decoder = sum(x.size for x in jax.tree.leaves(params["mask_decoder"]))
+    # acc_grads + Adam's mu and nu, decoder-sized each; counters are scalars
+    assert sum(x.size for x in jax.tree.leaves(state)) < 3 * n_decoder + 16
+    grads = jax.tree.map(np.ones_like, params)
+    for call in range(2):
+        updates, state = tx.update(grads, state, params)
+        moved = _changed_modules(params, jax.tree.map(lambda p, u: p + u, params, updates))
+        assert moved == (set() if call == 0 else {"mask_decoder"}), (call, moved)
+
+
+def test_clip_remat_frames_changes_memory_not_results(tiny_sam2):
+    """remat_frames (frames encoded one at a time, each tracked frame recomputed in the
+    backward pass) gives the clip loss and its gradients of the batched, stored pass."""
+    from sam_jax.train.batching import normalise
+    from sam_jax.train.video_step import clip_loss
+
+    model, variables = tiny_sam2
+    frames, masks = video(5, 3, 64)
+    clips = normalise(frames[None], TINY2)
+    targets = masks[None, :, int(np.argmax(masks[0].reshape(masks.shape[1], -1).sum(1)))]
+
+    def loss_and_grads(remat_frames: bool):
+        def loss(params):
+            v = {**variables, "params": params}
+            return clip_loss(model, v, clips, targets, jax.random.key(4), 0, remat_frames)[0]
+
+        return jax.jit(jax.value_and_grad(loss))(variables["params"])
+
+    (plain, g_plain), (remat, g_remat) = loss_and_grads(False), loss_and_grads(True)
+    np.testing.assert_allclose(float(remat), float(plain), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_remat), jax.tree.leaves(g_plain), strict=True):
+        # float32 rounding: the frames' matmuls are batched differently
+        atol = 1e-5 * max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=atol)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from sam_jax.config import HieraConfig
+from sam_jax.models.attention import attention
 from sam_jax.models.layers import gelu, layer_norm
 from sam_jax.models.resize import bicubic_weights
 from sam_jax.models.vit import window_partition, window_unpartition
@@ -86,8 +86,7 @@ class MultiScaleAttention(nn.Module):
         q = q.reshape(n, h * w, heads, hd)
         k = k.reshape(n, -1, heads, hd)
         v = v.reshape(n, -1, heads, hd)
-        logits = jnp.einsum("nqxd,nkxd->nxqk", q, k) * hd**-0.5
-        out = jnp.einsum("nxqk,nkxd->nqxd", jax.nn.softmax(logits, axis=-1), v)
+        out = attention(q, k, v)  # (n, h * w, heads, hd)
         return nn.Dense(self.dim_out, name="proj")(out.reshape(n, h, w, self.dim_out))
 
 

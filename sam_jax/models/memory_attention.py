@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sam_jax.models.attention import attention
 from sam_jax.models.layers import layer_norm
 from sam_jax.models.rope import apply_rope, apply_rope_to_keys, axial_rope_tables
 
@@ -47,71 +48,33 @@ class RoPEAttention(nn.Module):
         h, w = feat_hw
         if h * w != nq:
             raise ValueError(f"{nq} query tokens are not a {h}x{w} feature grid")
-        q = nn.Dense(d, name="q_proj")(q).reshape(b, nq, heads, hd).transpose(0, 2, 1, 3)
-        k = nn.Dense(d, name="k_proj")(k).reshape(b, -1, heads, hd).transpose(0, 2, 1, 3)
+        q = nn.Dense(d, name="q_proj")(q).reshape(b, nq, heads, hd)
+        k = nn.Dense(d, name="k_proj")(k).reshape(b, -1, heads, hd)
         v_proj = nn.Dense(d, name="v_proj")
         # Narrow values (the 64-d memory in cross-attention) are projected AFTER weighting:
         # P (v W + c) = (P v) W + c for rows of P summing to 1, 4x fewer multiplications
         # against the long memory axis than projecting every memory token first.
         project_after = v.shape[-1] < d
         if project_after:
-            vals = v[:, None]  # (B, 1, Nk, D_kv), shared by the heads
+            vals = v[:, :, None]  # (B, Nk, 1, D_kv), shared by the heads
         else:
-            vals = v_proj(v).reshape(b, -1, heads, hd).transpose(0, 2, 1, 3)
+            vals = v_proj(v).reshape(b, -1, heads, hd)
 
+        # RoPE rotates along the token axis of (B, heads, tokens, hd).
         cos, sin = axial_rope_tables(h, w, hd, self.rope_theta)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope_to_keys(k, cos, sin, num_k_rope)
+        q = apply_rope(q.transpose(0, 2, 1, 3), cos, sin).transpose(0, 2, 1, 3)
+        k = apply_rope_to_keys(k.transpose(0, 2, 1, 3), cos, sin, num_k_rope).transpose(0, 2, 1, 3)
 
-        out, attends = _attend(q, k, vals, key_mask)  # (B, Nq, H, hd or D_kv), (B, Nq, H, 1)
+        # Masked keys take no part; a row with no valid key comes back as zeros. Long memory
+        # banks go through the blocked implementation ("auto"), never the full logits.
+        out = attention(q, k, vals, key_mask=key_mask)  # (B, Nq, H, hd or D_kv)
         if project_after:
             full = v_proj(out).reshape(b, nq, heads, heads, hd)  # every head's columns
             out = jnp.diagonal(full, axis1=2, axis2=3).transpose(0, 1, 3, 2)  # its own
-            out = out * attends  # a row with no valid key attends to nothing (no bias)
+            if key_mask is not None:  # a row with no valid key attends to nothing (no bias)
+                attends = jnp.any(key_mask, axis=-1)[:, None, None, None]
+                out = out * attends.astype(out.dtype)
         return nn.Dense(d, name="out_proj")(out.reshape(b, nq, d))
-
-
-# Above this many attention logits per call, queries go in chunks (same result, row by row):
-# the (Nq, Nk) matrix of a 64x64 frame over a 7-frame memory bank is ~470 MB otherwise.
-_MAX_LOGITS = 1 << 25
-
-
-def _attend_rows(q, k, v, key_mask):
-    """q (B, H, nq, hd), k (B, H, Nk, hd), v (B, H or 1, Nk, c), key_mask (B, Nk) or None
-    -> softmax(q k^T / sqrt(hd)) v (B, nq, H, c) and whether a row saw any key (B, nq, H, 1).
-
-    The weights are normalised after multiplying by v (one division per output instead of
-    one per logit); masked keys get exactly zero weight."""
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
-    if key_mask is not None:
-        logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
-    top = jnp.max(logits, axis=-1, keepdims=True)
-    top = jnp.where(jnp.isfinite(top), top, 0)  # rows with every key masked
-    e = jnp.exp(logits - top)
-    total = jnp.sum(e, axis=-1, keepdims=True)
-    out = jnp.einsum(
-        "bhqk,bhkc->bhqc", e, jnp.broadcast_to(v, (*v.shape[:1], e.shape[1], *v.shape[2:]))
-    )
-    out = out / jnp.where(total > 0, total, 1)
-    return out.transpose(0, 2, 1, 3), (total > 0).astype(out.dtype).transpose(0, 2, 1, 3)
-
-
-def _attend(q, k, v, key_mask):
-    """Softmax attention, in query chunks when the logits matrix is large (each query row
-    is computed exactly as without chunks; this only bounds memory and helps CPU caches)."""
-    b, heads, nq, hd = q.shape
-    n = 1
-    while b * heads * (nq // n) * k.shape[2] > _MAX_LOGITS and nq % (2 * n) == 0:
-        n *= 2
-    if n == 1:
-        return _attend_rows(q, k, v, key_mask)
-    chunks = q.reshape(b, heads, n, nq // n, hd).transpose(2, 0, 1, 3, 4)
-    out, attends = jax.lax.map(lambda qc: _attend_rows(qc, k, v, key_mask), chunks)
-
-    def unchunk(x):  # (n, B, nq/n, H, c) -> (B, nq, H, c)
-        return x.transpose(1, 0, 2, 3, 4).reshape(b, nq, heads, x.shape[-1])
-
-    return unchunk(out), unchunk(attends)
 
 
 class MemoryAttentionLayer(nn.Module):

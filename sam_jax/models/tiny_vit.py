@@ -31,11 +31,11 @@ time the head is never run, so it costs nothing.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.config import TinyViTConfig
+from sam_jax.models.attention import attention
 from sam_jax.models.layers import gelu, layer_norm
 from sam_jax.models.vit import window_partition, window_unpartition
 
@@ -190,9 +190,7 @@ class Attention(nn.Module):
             "attention_biases", nn.initializers.zeros, (heads, ws * ws), jnp.float32
         )
         bias = biases.astype(x.dtype)[:, attention_bias_index(ws)]  # (heads, N, N)
-        logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) * hd**-0.5 + bias
-        attn = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("nhqk,nkhd->nqhd", attn, v).reshape(n, ws * ws, c)
+        out = attention(q, k, v, bias=bias).reshape(n, ws * ws, c)
         return nn.Dense(c, name="proj")(out).reshape(n, ws, ws, c)
 
 

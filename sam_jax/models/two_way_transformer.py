@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from sam_jax.models.attention import attention
 from sam_jax.models.layers import MLP, MLPBlock, layer_norm
 
 
@@ -27,8 +27,7 @@ class Attention(nn.Module):
         q = nn.Dense(inner, name="q_proj")(q).reshape(b, -1, heads, hd)
         k = nn.Dense(inner, name="k_proj")(k).reshape(b, -1, heads, hd)
         v = nn.Dense(inner, name="v_proj")(v).reshape(b, -1, heads, hd)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.asarray(hd, q.dtype))
-        out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
+        out = attention(q, k, v)  # (B, Nq, heads, hd)
         return nn.Dense(d, name="out_proj")(out.reshape(b, -1, inner))
 
 

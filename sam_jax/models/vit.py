@@ -8,11 +8,11 @@ does: nearest for the absolute embedding, linear for the relative-position table
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.config import ViTConfig
+from sam_jax.models.attention import attention
 from sam_jax.models.layers import MLPBlock, layer_norm
 from sam_jax.models.resize import resize_linear_rows, resize_nearest
 
@@ -62,14 +62,14 @@ class RelPosAttention(nn.Module):
         rel_pos_w = self.param("rel_pos_w", zeros, (2 * self.table_size - 1, hd), jnp.float32)
         r_h = relative_position_table(rel_pos_h.astype(x.dtype), h)  # (h, kh, hd)
         r_w = relative_position_table(rel_pos_w.astype(x.dtype), w)  # (w, kw, hd)
-        # The relative terms depend on (query, key row) and (query, key column) only, so they
-        # are added by broadcasting instead of materialising a full (hw, hw) bias.
-        rel_h = jnp.einsum("nhwxd,hkd->nxhwk", q, r_h)
-        rel_w = jnp.einsum("nhwxd,wkd->nxhwk", q, r_w)
-        logits = jnp.einsum("nhwxd,nijxd->nxhwij", q * hd**-0.5, k)
-        logits = logits + rel_h[..., :, None] + rel_w[..., None, :]
-        attn = jax.nn.softmax(logits.reshape(n, heads, h * w, h * w), axis=-1)
-        out = jnp.einsum("nxqk,nkxd->nqxd", attn, v.reshape(n, h * w, heads, hd))
+        # The relative terms depend on (query, key row) and (query, key column) only: they
+        # go to the attention in that factored form, never as a full (hw, hw) bias.
+        rel_h = jnp.einsum("nhwxd,hkd->nxhwk", q, r_h).reshape(n, heads, h * w, h)
+        rel_w = jnp.einsum("nhwxd,wkd->nxhwk", q, r_w).reshape(n, heads, h * w, w)
+        tokens = (n, h * w, heads, hd)
+        out = attention(
+            q.reshape(tokens), k.reshape(tokens), v.reshape(tokens), rel_pos=(rel_h, rel_w)
+        )
         return nn.Dense(c, name="proj")(out.reshape(n, h, w, c))
 
 

@@ -6,7 +6,14 @@
     state, metrics = step(state, images, targets, key)      # jit-compiled
 
 What trains is chosen by optax masking (frozen leaves get zero updates and no optimizer
-state): a preset name of TRAINABLE, or a project's own rule (see `trains`).
+state): a preset name of TRAINABLE, or a project's own rule (see `trains`). The step
+differentiates only the trained leaves (the optimizer from `make_optimizer` names them;
+`make_train_step(..., trainable=...)` for another optimizer): frozen ones enter the loss as
+constants, so no backward pass runs through a frozen encoder, with or without gradient
+accumulation: `make_train_step(..., accumulate=N)` (N micro-batches in one call) or
+`make_optimizer(..., accumulate=N)` (over N calls) keep accumulators for the trained leaves
+only. (Wrapping the optimizer in `optax.MultiSteps` instead hides the labels from the step,
+which then differentiates, and accumulates, every leaf.)
 `compute_dtype=jnp.bfloat16` runs the model in bf16 against float32 parameters;
 `sam_jax.build(..., remat=True)` recomputes encoder blocks in the backward pass.
 """
@@ -82,22 +89,38 @@ def trainable_labels(params: Any, trainable: Trainable) -> Any:
     return flax.traverse_util.unflatten_dict(labels)
 
 
+class LabelledOptimizer(optax.GradientTransformationExtraArgs):
+    """An optax transformation that also carries `labels`, 'train' / 'freeze' per parameter
+    leaf, so that the train step differentiates only the trained leaves."""
+
+    labels: Any
+
+
 def make_optimizer(
     params: Any,
     trainable: Trainable = "all",
     learning_rate: float | optax.Schedule = 1e-4,
     weight_decay: float = 0.1,
     clip_norm: float = 1.0,
-) -> optax.GradientTransformation:
+    accumulate: int = 1,
+) -> LabelledOptimizer:
     """AdamW with global-norm clipping on the parameters `trainable` chooses (a preset name
     of TRAINABLE, a (trained, frozen) glob pair or a path rule: see `trains`); zero updates
-    (and no optimizer state) for the rest."""
+    (and no optimizer state) for the rest.
+
+    accumulate=N: gradients of N successive calls are averaged (optax.MultiSteps on the
+    trained leaves only) and the parameters move on every N-th call; the clipping applies to
+    the averaged gradient."""
     train = optax.chain(
         optax.clip_by_global_norm(clip_norm), optax.adamw(learning_rate, weight_decay=weight_decay)
     )
-    return optax.multi_transform(
-        {"train": train, "freeze": optax.set_to_zero()}, trainable_labels(params, trainable)
-    )
+    if accumulate > 1:
+        train = optax.MultiSteps(train, accumulate).gradient_transformation()
+    labels = trainable_labels(params, trainable)
+    tx = optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, labels)
+    out = LabelledOptimizer(*tx)
+    out.labels = labels
+    return out
 
 
 @flax.struct.dataclass
@@ -178,21 +201,49 @@ def interactive_loss(
     return out["loss"], out
 
 
+def _split(params: Any, labels: Any | None) -> tuple[dict, dict]:
+    """(trained, frozen) flat {path tuple: leaf} dicts of `params`; labels None: all train."""
+    flat = flax.traverse_util.flatten_dict(params)
+    if labels is None:
+        return flat, {}
+    lab = flax.traverse_util.flatten_dict(labels)
+    trained = {k: v for k, v in flat.items() if lab[k] == "train"}
+    return trained, {k: v for k, v in flat.items() if lab[k] != "train"}
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
     num_corrections: int = 2,
     compute_dtype: Any = jnp.float32,
     loss_fn: Callable = interactive_loss,
+    *,
+    trainable: Trainable | None = None,
+    accumulate: int = 1,
     **loss_weights: float,
 ) -> Callable:
     """jit-compiled (state, images, targets, key) -> (state, metrics). `loss_weights` go to
-    `sam_loss` (focal_weight, dice_weight, iou_weight, focal_alpha, focal_gamma)."""
+    `sam_loss` (focal_weight, dice_weight, iou_weight, focal_alpha, focal_gamma).
 
-    def step(state: TrainState, images, targets, key):
-        def objective(params):
-            variables = {**state.variables, "params": params}
-            cast = jax.tree.map(lambda x: x.astype(compute_dtype), variables)
+    Only the leaves that train are differentiated: those `trainable` names (see `trains`),
+    by default those of the optimizer's `labels` (`make_optimizer`), else every leaf. The
+    others get zero gradients, and no work: they enter the loss as constants.
+
+    accumulate=N: images and targets hold N micro-batches along axis 0 (batch N * b); micro-
+    batch i (rows i*b .. i*b+b-1) runs with key `jax.random.fold_in(key, i)`, one at a time
+    (a lax.scan, so activation memory is one micro-batch's), and the optimizer gets the mean
+    of their gradients, accumulated for the trained leaves only; metrics are their means."""
+    if accumulate < 1:
+        raise ValueError(f"accumulate must be >= 1; got {accumulate}")
+    fixed_labels = getattr(tx, "labels", None) if trainable is None else None
+
+    def grads_of(variables, images, targets, key, labels):
+        """Gradients of the trained leaves (flat dict) and the loss's metrics."""
+        trained, frozen = _split(variables["params"], labels)
+
+        def objective(trained):
+            params = flax.traverse_util.unflatten_dict({**frozen, **trained})
+            cast = jax.tree.map(lambda x: x.astype(compute_dtype), {**variables, "params": params})
             return loss_fn(
                 model,
                 cast,
@@ -203,8 +254,36 @@ def make_train_step(
                 **loss_weights,
             )
 
-        grads, metrics = jax.grad(objective, has_aux=True)(state.variables["params"])
-        updates, opt_state = tx.update(grads, state.opt_state, state.variables["params"])
+        return jax.grad(objective, has_aux=True)(trained)
+
+    def step(state: TrainState, images, targets, key):
+        params = state.variables["params"]
+        labels = fixed_labels
+        if trainable is not None:
+            labels = trainable_labels(params, trainable)
+        if accumulate == 1:
+            grads, metrics = grads_of(state.variables, images, targets, key, labels)
+        else:
+            if images.shape[0] % accumulate:
+                raise ValueError(
+                    f"accumulate={accumulate} must divide the batch; got {images.shape[0]}"
+                )
+            micro = lambda x: x.reshape(accumulate, x.shape[0] // accumulate, *x.shape[1:])
+
+            def add_micro_batch(acc, xs):
+                i, im, tg = xs
+                g, met = grads_of(state.variables, im, tg, jax.random.fold_in(key, i), labels)
+                return jax.tree.map(jnp.add, acc, g), met
+
+            zeros = jax.tree.map(jnp.zeros_like, _split(params, labels)[0])
+            xs = (jnp.arange(accumulate), micro(images), micro(targets))
+            total, metrics = jax.lax.scan(add_micro_batch, zeros, xs)
+            grads = jax.tree.map(lambda g: g / accumulate, total)
+            metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+        frozen = _split(params, labels)[1]
+        grads = {**jax.tree.map(jnp.zeros_like, frozen), **grads}
+        grads = flax.traverse_util.unflatten_dict(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, params)
         params = optax.apply_updates(state.variables["params"], updates)
         new = TrainState({**state.variables, "params": params}, opt_state, state.step + 1)
         return new, metrics

@@ -16,6 +16,13 @@ Per clip (one object, prompted on frame 0), as SAM 2 was trained:
   encodings, pointers and features through the memory attention;
 * every frame's loss is SAM's (mask + IoU) on the frames where the object is visible, plus
   the object-score BCE on every frame.
+
+With a model built with `remat=True` (or `remat_frames=True`) the scan's per-frame body is
+recomputed in the backward pass: what the backward pass keeps across frames is each frame's
+memory bank (the scan carry), not the frame's activations, so the tracked frames' activation
+memory is one frame's plus T banks. The frames are then also encoded one at a time (a
+`lax.map`, each frame recomputed in the backward pass), so the image encoder's activations,
+and with a frozen encoder its forward pass's peak, are one frame's rather than B * T frames'.
 """
 
 from __future__ import annotations
@@ -107,8 +114,33 @@ def _prompt_loss_impl(
     return bank, jnp.mean(jnp.stack(losses)), ious
 
 
+def _encode_frames(model, variables, frames: jnp.ndarray, one_at_a_time: bool) -> tuple:
+    """(N, S, S, 3) -> vision (N, g, g, D), high_res_0 (N, 4g, 4g, D/8), high_res_1
+    (N, 2g, 2g, D/4). one_at_a_time: a lax.map over the frames, each recomputed in the
+    backward pass, so the encoder's activations are one frame's, not N frames'."""
+
+    def encode(x):
+        f = model.apply(variables, x, method="encode_image")
+        return f["vision_features"], *f["high_res_features"]
+
+    if not one_at_a_time:
+        return encode(frames)
+    one = lambda x: jax.tree.map(lambda a: a[0], encode(x[None]))
+    one = jax.checkpoint(one, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
+    return jax.lax.map(one, frames)
+
+
 def _clip_loss(
-    model, variables, vision, high_res_0, high_res_1, soft, key, num_corrections, loss_weights
+    model,
+    variables,
+    vision,
+    high_res_0,
+    high_res_1,
+    soft,
+    key,
+    num_corrections,
+    remat_frames,
+    loss_weights,
 ):
     """One clip's loss and metrics (arguments as `_prompt_loss_impl`)."""
     t, g = vision.shape[0], vision.shape[1]
@@ -141,6 +173,11 @@ def _clip_loss(
         bank, _, heads = model.apply(variables, bank, frame, method=track_heads_impl)
         return bank, _frame_loss(heads, target, multimask, loss_weights)
 
+    if remat_frames:  # keep each frame's bank, recompute the frame in the backward pass
+        body = jax.checkpoint(
+            body, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False
+        )
+
     _, (track_losses, track_ious) = jax.lax.scan(body, bank, (frames, soft[1:]))
     total = (prompt_loss + jnp.sum(track_losses)) / t
     metrics = {
@@ -159,6 +196,7 @@ def clip_loss(
     targets: jnp.ndarray,
     key: jax.Array,
     num_corrections: int = 1,
+    remat_frames: bool | None = None,
     **loss_weights: float,
 ) -> tuple[jnp.ndarray, dict]:
     """Mean loss over a batch of clips; clips (B, T, S, S, 3) normalised, targets
@@ -166,7 +204,11 @@ def clip_loss(
     objects tracked separately through each clip (the frames are encoded once for all K).
     T >= 2.
 
-    All B * T frames are encoded in one batch; the clips (and objects) are then vmapped."""
+    All B * T frames are encoded (in one batch, or one at a time with remat_frames); the
+    clips (and objects) are then vmapped.
+    remat_frames: recompute each tracked frame in the backward pass (see the module's
+    docstring); None: where the model was built with remat=True. (Through
+    `make_train_step(..., loss_fn=clip_loss, remat_frames=...)`.)"""
     if (
         clips.ndim != 5
         or targets.ndim not in (4, 5)
@@ -178,14 +220,16 @@ def clip_loss(
             f"clips must be (B, T>=2, S, S, 3) and targets (B, T, S, S) or (B, T, K, S, S); "
             f"got {clips.shape} and {targets.shape}"
         )
+    if remat_frames is None:
+        remat_frames = bool(getattr(model, "remat", False))
     b, t, s = clips.shape[:3]
     soft = soft_targets(targets, model.config.mask_input_size)
-    feats = model.apply(variables, clips.reshape(b * t, s, s, 3), method="encode_image")
-    vision = feats["vision_features"]
-    hr0, hr1 = feats["high_res_features"]
+    vision, hr0, hr1 = _encode_frames(model, variables, clips.reshape(b * t, s, s, 3), remat_frames)
 
     def per_clip(v, h0, h1, sf, k):
-        return _clip_loss(model, variables, v, h0, h1, sf, k, num_corrections, loss_weights)
+        return _clip_loss(
+            model, variables, v, h0, h1, sf, k, num_corrections, remat_frames, loss_weights
+        )
 
     if targets.ndim == 5:  # objects of one clip share its encoded frames
         per_clip = jax.vmap(per_clip, in_axes=(None, None, None, 1, 0))

@@ -1,0 +1,344 @@
+"""Scaled dot-product attention behind one interface, with the bias kept in factored form.
+
+    attention(q, k, v, *, bias=None, rel_pos=None, key_mask=None, scale=None, impl=None)
+
+Layout (batch, tokens, heads, channels), as `jax.nn.dot_product_attention` takes it:
+q (B, Nq, H, D), k (B, Nk, H, D), v (B, Nk, H or 1, Dv) -> (B, Nq, H, Dv). A v with one
+head is shared by every head. The logits are (q . k) * scale (default D ** -0.5) plus:
+
+- `rel_pos=(rel_h, rel_w)`: SAM ViT's decomposed relative position, the keys being the
+  row-major tokens of a (kh, kw) grid (Nk = kh * kw); rel_h (B, H, Nq, kh) and
+  rel_w (B, H, Nq, kw) add rel_h[.., key row] + rel_w[.., key column] to each logit;
+- `bias`: an additive term broadcastable to (B, H, Nq, Nk) (TinyViT's per-window table);
+- `key_mask` (B, Nk) bool: False keys get exactly zero weight; a query row with no valid
+  key gives zeros (not NaN). Masked keys must still hold finite values (0 * NaN is NaN).
+
+Implementations (`impl`), equal to float32 rounding in outputs and gradients:
+
+- "reference": the (Nq, Nk) logits materialised, softmax normalised after the product
+  with v (one division per output, not per logit);
+- "blocked": online softmax over key blocks of `block_size` (default: the module's
+  `BLOCK_SIZE`, read at trace time) (flash-attention style, pure
+  JAX, any platform) with a custom VJP that recomputes each block in the backward pass.
+  The bias is formed per block from its factors, so neither the forward nor the backward
+  pass holds more than (Nq, block_size) logits per head; the saved state is the output
+  and one log-sum-exp per query row;
+- "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`, GPU only, where the
+  inputs allow it (no rel_pos; same shapes for k and v; float16 / bfloat16);
+- "auto": cudnn where allowed on GPU, else "blocked" when B * H * Nq * Nk exceeds
+  `BLOCKED_ABOVE` logits, else "reference". It never picks cudnn on CPU.
+
+`impl=None` uses the process-wide default: the environment variable SAM_JAX_ATTENTION
+at import (one of the names above), else "auto"; change it with `set_default_impl(name)`
+or, for a scope, `with default_impl(name): ...`. The default is
+read when a function is traced: a jit-compiled function keeps the choice it was traced with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+
+IMPLS = ("auto", "reference", "blocked", "cudnn")
+# Above this many logits per call "auto" goes blocked: one (H, 4096, 4096) global-attention
+# matrix of SAM's ViT is 0.8 GB in float32, a 7-frame memory bank's 3.8 GB.
+BLOCKED_ABOVE = 1 << 25
+BLOCK_SIZE = 512
+
+
+def _check_impl(impl: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
+
+
+_default = os.environ.get("SAM_JAX_ATTENTION", "auto")
+_check_impl(_default)
+
+
+def set_default_impl(impl: str) -> None:
+    """Set the implementation that `attention(..., impl=None)` uses from now on."""
+    global _default
+    _check_impl(impl)
+    _default = impl
+
+
+@contextlib.contextmanager
+def default_impl(impl: str) -> Iterator[None]:
+    """Within the block, `attention(..., impl=None)` uses `impl` (read at trace time)."""
+    global _default
+    _check_impl(impl)
+    previous, _default = _default, impl
+    try:
+        yield
+    finally:
+        _default = previous
+
+
+def attention(
+    q: jnp.ndarray,
+    k: jnp.ndarray,
+    v: jnp.ndarray,
+    *,
+    bias: jnp.ndarray | None = None,
+    rel_pos: tuple[jnp.ndarray, jnp.ndarray] | None = None,
+    key_mask: jnp.ndarray | None = None,
+    scale: float | None = None,
+    impl: str | None = None,
+    block_size: int | None = None,
+) -> jnp.ndarray:
+    """softmax(q k^T * scale + bias terms) v; shapes and options in the module docstring."""
+    b, nq, heads, d = q.shape
+    nk = k.shape[1]
+    if k.shape != (b, nk, heads, d) or v.shape[:2] != (b, nk) or v.shape[2] not in (1, heads):
+        raise ValueError(f"attention shapes disagree: q {q.shape}, k {k.shape}, v {v.shape}")
+    if rel_pos is not None:
+        kh, kw = rel_pos[0].shape[-1], rel_pos[1].shape[-1]
+        if kh * kw != nk:
+            raise ValueError(f"rel_pos grid {kh}x{kw} does not cover {nk} keys")
+    if key_mask is not None and key_mask.shape != (b, nk):
+        raise ValueError(f"key_mask must be {(b, nk)}, got {key_mask.shape}")
+    scale = d**-0.5 if scale is None else scale
+    v = jnp.broadcast_to(v, (b, nk, heads, v.shape[-1]))
+    impl = _default if impl is None else impl
+    _check_impl(impl)
+    if impl == "auto":
+        impl = _choose(q, k, v, bias, rel_pos)
+    if impl == "reference":
+        return _reference(q, k, v, bias, rel_pos, key_mask, scale)
+    if impl == "blocked":
+        return _blocked(q, k, v, bias, rel_pos, key_mask, scale, block_size or BLOCK_SIZE)
+    return _cudnn(q, k, v, bias, rel_pos, key_mask, scale)
+
+
+def _cudnn_allowed(q, k, v, rel_pos) -> bool:
+    return (
+        jax.default_backend() == "gpu"
+        and rel_pos is None
+        and k.shape == v.shape
+        and q.dtype in (jnp.float16, jnp.bfloat16)
+        and q.shape[-1] <= 128
+    )
+
+
+def _choose(q, k, v, bias, rel_pos) -> str:
+    if _cudnn_allowed(q, k, v, rel_pos):
+        return "cudnn"
+    b, nq, heads, _ = q.shape
+    return "blocked" if b * heads * nq * k.shape[1] > BLOCKED_ABOVE else "reference"
+
+
+def _reference(q, k, v, bias, rel_pos, key_mask, scale):
+    """Materialised logits; the row statistics are the blocked path's, in one block."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    if rel_pos is not None:
+        rel_h, rel_w = rel_pos
+        b, heads, nq, nk = logits.shape
+        kh, kw = rel_h.shape[-1], rel_w.shape[-1]
+        logits = logits.reshape(b, heads, nq, kh, kw) + rel_h[..., :, None] + rel_w[..., None, :]
+        logits = logits.reshape(b, heads, nq, nk)
+    if bias is not None:
+        logits = logits + bias
+    if key_mask is not None:
+        logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0))  # all-masked rows
+    e = jnp.exp(logits - top)
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    out = jnp.einsum("bhqk,bkhc->bqhc", e, v)
+    return out / jnp.where(total > 0, total, 1).transpose(0, 2, 1, 3)
+
+
+def _cudnn(q, k, v, bias, rel_pos, key_mask, scale):
+    if not _cudnn_allowed(q, k, v, rel_pos):
+        raise ValueError(
+            "impl='cudnn' needs a GPU, no rel_pos, k and v of one shape, float16/bfloat16 "
+            "inputs and a head width of at most 128"
+        )
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    out = jax.nn.dot_product_attention(
+        q, k, v, bias=bias, mask=mask, scale=scale, implementation="cudnn"
+    )
+    if key_mask is not None:  # a row with no valid key attends to nothing
+        out = jnp.where(jnp.any(key_mask, axis=-1)[:, None, None, None], out, 0)
+    return out
+
+
+def _blocked(q, k, v, bias, rel_pos, key_mask, scale, block_size):
+    """Transposes to (B, H, N, D), pads the keys to whole blocks, runs the custom-VJP core."""
+    nk = k.shape[1]
+    bs = min(block_size, nk)
+    pad = -nk % bs
+    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+    if pad:
+        k = jnp.pad(k, ((0, 0), (0, 0), (0, pad), (0, 0)))
+        v = jnp.pad(v, ((0, 0), (0, 0), (0, pad), (0, 0)))
+        if key_mask is not None:
+            key_mask = jnp.pad(key_mask, ((0, 0), (0, pad)))
+    if bias is not None:
+        bias = jnp.asarray(bias)
+        bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+        if bias.shape[-1] != 1 and pad:
+            bias = jnp.pad(bias, ((0, 0), (0, 0), (0, 0), (0, pad)))
+    rel_h, rel_w = (None, None) if rel_pos is None else rel_pos
+    kw = 0 if rel_w is None else rel_w.shape[-1]
+    out = _flash((float(scale), bs, nk, kw), q, k, v, bias, rel_h, rel_w, key_mask)
+    return out.transpose(0, 2, 1, 3)
+
+
+def _block_logits(static, q, k_blk, j0, bias, rel_h, rel_w, mask_blk):
+    """Logits of all queries against one key block (B, H, Nq, bs), invalid keys at -inf,
+    and the validity (B or 1, 1, 1, bs)."""
+    scale, bs, nk, kw = static
+    s = jnp.einsum("bhqd,bhkd->bhqk", q, k_blk, preferred_element_type=jnp.float32) * scale
+    idx = j0 + jnp.arange(bs)
+    if rel_h is not None:
+        row = jnp.minimum(idx // kw, rel_h.shape[-1] - 1)  # padded keys: any valid row
+        s = s + jnp.take(rel_h, row, axis=-1) + jnp.take(rel_w, idx % kw, axis=-1)
+    if bias is not None:
+        s = s + _bias_block(bias, j0, bs)
+    valid = (idx < nk)[None, None, None, :]
+    if mask_blk is not None:
+        valid = valid & mask_blk[:, None, None, :]
+    return jnp.where(valid, s, -jnp.inf), valid
+
+
+def _bias_block(bias, j0, bs):
+    if bias.shape[-1] == 1:
+        return bias
+    return jax.lax.dynamic_slice_in_dim(bias, j0, bs, axis=-1)
+
+
+def _blocks(x, bs, axis):
+    """Split axis `axis` of x into (num_blocks, ..., bs, ...) for lax.scan."""
+    x = jnp.moveaxis(x, axis, 0)
+    x = x.reshape(x.shape[0] // bs, bs, *x.shape[1:])
+    return jnp.moveaxis(x, 1, axis + 1)
+
+
+def _unblocks(x, axis):
+    """Inverse of `_blocks`: (num_blocks, ..., bs, ...) -> (..., num_blocks * bs, ...)."""
+    x = jnp.moveaxis(x, axis + 1, 1)
+    x = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+    return jnp.moveaxis(x, 0, axis)
+
+
+def _flash_forward(static, q, k, v, bias, rel_h, rel_w, key_mask):
+    scale, bs, nk, kw = static
+    b, heads, nq, _ = q.shape
+    dv = v.shape[-1]
+    masks = None if key_mask is None else _blocks(key_mask, bs, 1)
+
+    def step(carry, xs):
+        m, total, acc = carry
+        j0, k_blk, v_blk, mask_blk = xs
+        s, _ = _block_logits(static, q, k_blk, j0, bias, rel_h, rel_w, mask_blk)
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1, keepdims=True))
+        m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0)
+        p = jnp.exp(s - m_safe)
+        corr = jnp.exp(m - m_safe)
+        total = total * corr + jnp.sum(p, axis=-1, keepdims=True)
+        acc = acc * corr + jnp.einsum(
+            "bhqk,bhkc->bhqc", p.astype(v.dtype), v_blk, preferred_element_type=jnp.float32
+        )
+        return (m_new, total, acc), None
+
+    f32 = jnp.float32  # softmax statistics and the accumulator in float32 whatever the inputs
+    init = (
+        jnp.full((b, heads, nq, 1), -jnp.inf, f32),
+        jnp.zeros((b, heads, nq, 1), f32),
+        jnp.zeros((b, heads, nq, dv), f32),
+    )
+    starts = jnp.arange(0, k.shape[2], bs)
+    (m, total, acc), _ = jax.lax.scan(
+        step, init, (starts, _blocks(k, bs, 2), _blocks(v, bs, 2), masks)
+    )
+    seen = total > 0
+    out = (acc / jnp.where(seen, total, 1)).astype(q.dtype)
+    lse = jnp.where(seen, jnp.where(jnp.isfinite(m), m, 0) + jnp.log(jnp.where(seen, total, 1)), 0)
+    return out, lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(static, q, k, v, bias, rel_h, rel_w, key_mask):
+    return _flash_forward(static, q, k, v, bias, rel_h, rel_w, key_mask)[0]
+
+
+def _flash_fwd(static, q, k, v, bias, rel_h, rel_w, key_mask):
+    out, lse = _flash_forward(static, q, k, v, bias, rel_h, rel_w, key_mask)
+    return out, (q, k, v, bias, rel_h, rel_w, key_mask, out, lse)
+
+
+def _sum_to(x, shape):
+    """Sum x over the axes where `shape` has extent 1 (the broadcast axes of a bias)."""
+    axes = tuple(
+        i for i, (a, t) in enumerate(zip(x.shape, shape, strict=True)) if t == 1 and a != 1
+    )
+    return jnp.sum(x, axis=axes, keepdims=True) if axes else x
+
+
+def _flash_bwd(static, residuals, d_out):
+    """Recomputes each block's probabilities from the saved log-sum-exp (flash attention's
+    backward): memory stays (Nq, block) per head, as in the forward pass."""
+    scale, bs, nk, kw = static
+    q, k, v, bias, rel_h, rel_w, key_mask, out, lse = residuals
+    d_out = d_out.astype(jnp.float32)
+    delta = jnp.sum(d_out * out.astype(jnp.float32), axis=-1, keepdims=True)  # (B, H, Nq, 1)
+    masks = None if key_mask is None else _blocks(key_mask, bs, 1)
+    kh = 0 if rel_h is None else rel_h.shape[-1]
+    bias_per_key = bias is not None and bias.shape[-1] != 1
+
+    def step(carry, xs):
+        dq, drel_h, drel_w, dbias = carry
+        j0, k_blk, v_blk, mask_blk = xs
+        s, valid = _block_logits(static, q, k_blk, j0, bias, rel_h, rel_w, mask_blk)
+        p = jnp.where(valid, jnp.exp(s - lse), 0)
+        dv_blk = jnp.einsum("bhqk,bhqc->bhkc", p, d_out)
+        ds = p * (jnp.einsum("bhqc,bhkc->bhqk", d_out, v_blk) - delta)
+        dq = dq + jnp.einsum("bhqk,bhkd->bhqd", ds, k_blk) * scale
+        dk_blk = jnp.einsum("bhqk,bhqd->bhkd", ds, q) * scale
+        if rel_h is not None:
+            idx = j0 + jnp.arange(bs)
+            # Each key adds to one row term and one column term: sums by one-hot products.
+            drel_h = drel_h + ds @ jax.nn.one_hot(idx // kw, kh, dtype=ds.dtype)
+            drel_w = drel_w + ds @ jax.nn.one_hot(idx % kw, kw, dtype=ds.dtype)
+        dbias_blk = None
+        if bias is not None:
+            dbias_blk = _sum_to(ds, bias.shape)
+            if not bias_per_key:
+                dbias = dbias + jnp.sum(dbias_blk, axis=-1, keepdims=True)
+                dbias_blk = None
+        return (dq, drel_h, drel_w, dbias), (dk_blk, dv_blk, dbias_blk)
+
+    def zeros(x):
+        return None if x is None else jnp.zeros(x.shape, jnp.float32)
+
+    init = (
+        zeros(q),
+        zeros(rel_h),
+        zeros(rel_w),
+        None if bias_per_key else zeros(bias),
+    )
+    starts = jnp.arange(0, k.shape[2], bs)
+    xs = (starts, _blocks(k, bs, 2), _blocks(v, bs, 2), masks)
+    (dq, drel_h, drel_w, dbias), (dk, dv, dbias_blocks) = jax.lax.scan(step, init, xs)
+    dk, dv = _unblocks(dk, 2), _unblocks(dv, 2)
+    if bias_per_key:
+        dbias = _unblocks(dbias_blocks, 3)
+    cast = lambda g, x: None if g is None else g.astype(x.dtype)  # noqa: E731
+    return (
+        cast(dq, q),
+        cast(dk, k),
+        cast(dv, v),
+        cast(dbias, bias),
+        cast(drel_h, rel_h),
+        cast(drel_w, rel_w),
+        None,
+    )
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
