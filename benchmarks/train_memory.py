@@ -9,7 +9,10 @@ Each case compiles one jit train step (`make_train_step`) for abstract inputs
 (ShapeDtypeStructs from `jax.eval_shape`: parameters, optimizer state, batch) and prints
 the compiled program's temp bytes (XLA's buffers for intermediates: activations kept for
 the backward pass, attention matrices, ...) and its argument and output bytes. On CPU the
-figures are deterministic for a given jax/XLA and model code; on GPU they differ. Settings
+figures are deterministic for a given jax/XLA and model code; on GPU they differ. As a
+proxy for a GPU, attention runs "blocked" here (what "auto" picks on GPU for large logits;
+on CPU "auto" keeps the faster materialised path up to 4 GiB of logits); `--attention`
+changes it. Settings
 are printed with the figures. Compiling the large models on a few CPU cores takes minutes.
 """
 
@@ -29,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sam_jax.checkpoint import build_from_config, variable_shapes  # noqa: E402
 from sam_jax.config import variant_config  # noqa: E402
+from sam_jax.models.attention import default_impl  # noqa: E402
 from sam_jax.train.step import TrainState, make_optimizer, make_train_step  # noqa: E402
 from sam_jax.train.video_step import clip_loss  # noqa: E402
 
@@ -50,6 +54,7 @@ class Case:
     accumulate: int = 1  # micro-batches in one step (make_train_step(accumulate=N))
     multisteps: int = 1  # optax.MultiSteps(tx, N) around the optimizer (the old way)
     opt_accumulate: int = 1  # make_optimizer(accumulate=N): over N calls, trained leaves only
+    attention: str = "blocked"  # attention impl while tracing (sam_jax.models.attention)
 
 
 CASES = {
@@ -103,7 +108,8 @@ def measure(case: Case) -> dict:
         model, tx, num_corrections=case.num_corrections, compute_dtype=dtype, **kwargs
     )
     t0 = time.perf_counter()
-    compiled = step.lower(state, images, targets, key).compile()
+    with default_impl(case.attention):
+        compiled = step.lower(state, images, targets, key).compile()
     mem = compiled.memory_analysis()
     return {
         "temp_GiB": mem.temp_size_in_bytes / GiB,

@@ -106,8 +106,8 @@ def test_auto_choice_and_default_override(monkeypatch) -> None:
             attn_mod, f"_{name}", lambda *a, name=name, real=real: seen.append(name) or real(*a)
         )
     attention(q, k, v)  # small: auto -> reference (never cudnn on CPU)
-    monkeypatch.setattr(attn_mod, "BLOCKED_ABOVE", 10)
-    attention(q, k, v)  # above the threshold: blocked
+    monkeypatch.setattr(attn_mod, "BLOCKED_ABOVE_CPU", 10)
+    attention(q, k, v)  # above the CPU threshold: blocked
     with default_impl("reference"):
         attention(q, k, v)
     attention(q, k, v, impl="reference")

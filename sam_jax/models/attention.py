@@ -26,7 +26,8 @@ Implementations (`impl`), equal to float32 rounding in outputs and gradients:
 - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`, GPU only, where the
   inputs allow it (no rel_pos; same shapes for k and v; float16 / bfloat16);
 - "auto": cudnn where allowed on GPU, else "blocked" when B * H * Nq * Nk exceeds
-  `BLOCKED_ABOVE` logits, else "reference". It never picks cudnn on CPU.
+  `BLOCKED_ABOVE` logits (`BLOCKED_ABOVE_CPU` on CPU, where the blocked scan is slower
+  and memory is plentiful), else "reference". It never picks cudnn on CPU.
 
 `impl=None` uses the process-wide default: the environment variable SAM_JAX_ATTENTION
 at import (one of the names above), else "auto"; change it with `set_default_impl(name)`
@@ -46,8 +47,11 @@ import jax.numpy as jnp
 
 IMPLS = ("auto", "reference", "blocked", "cudnn")
 # Above this many logits per call "auto" goes blocked: one (H, 4096, 4096) global-attention
-# matrix of SAM's ViT is 0.8 GB in float32, a 7-frame memory bank's 3.8 GB.
+# matrix of SAM's ViT is 0.8 GB in float32, a 7-frame memory bank's 3.8 GB. On CPU the
+# blocked scan runs several times slower than one materialised product and host memory is
+# large, so there it waits for logits of 4 GiB in float32.
 BLOCKED_ABOVE = 1 << 25
+BLOCKED_ABOVE_CPU = 1 << 30
 BLOCK_SIZE = 512
 
 
@@ -129,7 +133,8 @@ def _choose(q, k, v, bias, rel_pos) -> str:
     if _cudnn_allowed(q, k, v, rel_pos):
         return "cudnn"
     b, nq, heads, _ = q.shape
-    return "blocked" if b * heads * nq * k.shape[1] > BLOCKED_ABOVE else "reference"
+    limit = BLOCKED_ABOVE_CPU if jax.default_backend() == "cpu" else BLOCKED_ABOVE
+    return "blocked" if b * heads * nq * k.shape[1] > limit else "reference"
 
 
 def _reference(q, k, v, bias, rel_pos, key_mask, scale):
