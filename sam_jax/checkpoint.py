@@ -40,7 +40,10 @@ def build_from_config(config: Any, **kwargs: Any) -> nn.Module:
 
 def build(variant: str, image_size: int | None = None, **kwargs: Any) -> nn.Module:
     """A Flax Linen module for a named variant (no weights). `image_size` must be a multiple
-    of the encoder stride (16 for SAM); kwargs go to the module (e.g. remat=True)."""
+    of the encoder stride (16 for SAM); kwargs go to the module (e.g. remat=True, or
+    dtype=jnp.bfloat16: the image encoder, and SAM 2's memory attention and memory encoder,
+    compute in that dtype while parameters, LayerNorm and softmax statistics, and every
+    output stay float32)."""
     return build_from_config(variant_config(variant, image_size), **kwargs)
 
 
@@ -130,13 +133,13 @@ def _saved_config(path: Path, meta: Mapping[str, str]) -> Any:
         raise ValueError(f"{path} has sam_jax metadata that names no model config: {e}") from e
 
 
-def _load_safetensors(path: Path, variant: str | None, image_size: int | None):
+def _load_safetensors(path: Path, variant: str | None, image_size: int | None, dtype: Any):
     meta, flat = _read_safetensors(path)
     flat = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in flat.items()}
     config = variant_config(variant) if variant is not None else _saved_config(path, meta)
     if image_size is not None:
         config = dataclasses.replace(config, image_size=image_size)
-    model = build_from_config(config)
+    model = build_from_config(config, dtype=dtype)
     variables = unflatten_dict(flat)
     _check_tree(variables, variable_shapes(model), str(path))
     return model, variables
@@ -162,11 +165,16 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def load(
-    path: str | os.PathLike, variant: str | None = None, image_size: int | None = None
+    path: str | os.PathLike,
+    variant: str | None = None,
+    image_size: int | None = None,
+    *,
+    dtype: Any = jnp.float32,
 ) -> tuple[nn.Module, dict]:
     """Load a Meta / ultralytics torch checkpoint (.pt/.pth, read without torch), a sam_jax
     .safetensors file, or a bundled model by name (`bundled_models()`). Returns (model,
-    variables) ready for `model.apply`.
+    variables) ready for `model.apply`. The variables are float32 whatever `dtype`, the
+    model's computation dtype (see `build`).
 
     Raises FileNotFoundError when there is no such file or bundled model, and ValueError
     naming the file when it has another suffix than CHECKPOINT_SUFFIXES, cannot be read as
@@ -174,7 +182,7 @@ def load(
     path = resolve_checkpoint(path)
     suffix = path.suffix.lower()
     if suffix == SAFETENSORS_SUFFIX:
-        return _load_safetensors(path, variant, image_size)
+        return _load_safetensors(path, variant, image_size, dtype)
     if suffix not in TORCH_SUFFIXES:
         raise ValueError(
             f"{path}: unknown checkpoint suffix {path.suffix!r}; expected one of "
@@ -182,7 +190,7 @@ def load(
         )
     state_dict = read_state_dict(path)  # CheckpointError (a ValueError) names the file
     try:
-        model = build(variant or detect_variant(state_dict), image_size)
+        model = build(variant or detect_variant(state_dict), image_size, dtype=dtype)
         variables = state_dict_to_variables(state_dict, variable_shapes(model))
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sam_jax.cli import convert, segment, track
+from sam_jax.cli import convert, evaluate, segment, track
 from sam_jax.projects.shapes import commands
 
 # What the library raises for bad input: ValueError (the torch reader's CheckpointError is
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `sam-jax` parser with every sub-command registered."""
     parser = argparse.ArgumentParser(prog="sam-jax", description="Segment Anything in JAX.")
     sub = parser.add_subparsers(title="sub-commands", metavar="COMMAND")
-    for module in (convert, segment, track):
+    for module in (convert, segment, track, evaluate):
         module.add_parser(sub)
     commands.add_parsers(sub)
     return parser

@@ -138,8 +138,13 @@ def _choose(q, k, v, bias, rel_pos) -> str:
 
 
 def _reference(q, k, v, bias, rel_pos, key_mask, scale):
-    """Materialised logits; the row statistics are the blocked path's, in one block."""
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    """Materialised logits; the row statistics are the blocked path's, in one block.
+
+    Logits, softmax statistics and the normalisation are float32 whatever the inputs; for
+    bfloat16 inputs the probabilities meet v in bfloat16 (float32 accumulation), as the
+    blocked path does, and the output is cast back to q's dtype."""
+    f32 = jnp.float32
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=f32) * scale
     if rel_pos is not None:
         rel_h, rel_w = rel_pos
         b, heads, nq, nk = logits.shape
@@ -154,8 +159,8 @@ def _reference(q, k, v, bias, rel_pos, key_mask, scale):
     top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0))  # all-masked rows
     e = jnp.exp(logits - top)
     total = jnp.sum(e, axis=-1, keepdims=True)
-    out = jnp.einsum("bhqk,bkhc->bqhc", e, v)
-    return out / jnp.where(total > 0, total, 1).transpose(0, 2, 1, 3)
+    out = jnp.einsum("bhqk,bkhc->bqhc", e.astype(v.dtype), v, preferred_element_type=f32)
+    return (out / jnp.where(total > 0, total, 1).transpose(0, 2, 1, 3)).astype(q.dtype)
 
 
 def _cudnn(q, k, v, bias, rel_pos, key_mask, scale):

@@ -6,11 +6,14 @@ Images (B, S, S, 3) -> four feature maps, finest first:
 Every stage after the first starts with a block that max-pools its queries 2x2 (halving the
 grid) and doubles width and heads; that block still attends inside the previous stage's
 windows, which pooling shrinks to the new window size. Windows are folded into the batch.
+The maps come out in the computation dtype `dtype` (parameters stay float32; LayerNorm and
+softmax statistics run in float32).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -73,12 +76,15 @@ class MultiScaleAttention(nn.Module):
     dim_out: int
     num_heads: int
     q_stride: int = 0  # 0: no pooling
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         n, h, w, _ = x.shape
         heads, hd = self.num_heads, self.dim_out // self.num_heads
-        qkv = nn.Dense(3 * self.dim_out, name="qkv")(x).reshape(n, h, w, 3, heads, hd)
+        qkv = nn.Dense(3 * self.dim_out, dtype=self.dtype, name="qkv")(x).reshape(
+            n, h, w, 3, heads, hd
+        )
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
         if self.q_stride:
             q = max_pool(q, self.q_stride)  # per channel, so heads can stay split
@@ -87,18 +93,20 @@ class MultiScaleAttention(nn.Module):
         k = k.reshape(n, -1, heads, hd)
         v = v.reshape(n, -1, heads, hd)
         out = attention(q, k, v)  # (n, h * w, heads, hd)
-        return nn.Dense(self.dim_out, name="proj")(out.reshape(n, h, w, self.dim_out))
+        out = out.reshape(n, h, w, self.dim_out)
+        return nn.Dense(self.dim_out, dtype=self.dtype, name="proj")(out)
 
 
 class HieraMLP(nn.Module):
     """Two Dense layers with exact GELU between them (torch names layers.0 / layers.1)."""
 
     hidden_dim: int
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        h = gelu(nn.Dense(self.hidden_dim, name="layers_0")(x))
-        return nn.Dense(x.shape[-1], name="layers_1")(h)
+        h = gelu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="layers_0")(x))
+        return nn.Dense(x.shape[-1], dtype=self.dtype, name="layers_1")(h)
 
 
 class MultiScaleBlock(nn.Module):
@@ -107,39 +115,42 @@ class MultiScaleBlock(nn.Module):
     spec: BlockSpec
     q_stride: int = 2
     mlp_ratio: float = 4.0
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        s = self.spec
+        s, dt = self.spec, self.dtype
         stride = self.q_stride if s.pool else 0
         shortcut = x
-        x = layer_norm(1e-6, name="norm1")(x)
+        x = layer_norm(1e-6, name="norm1", dtype=dt)(x)
         if s.dim != s.dim_out:
             # The residual path is projected from the *normalised* input, as in the reference.
-            shortcut = nn.Dense(s.dim_out, name="proj")(x)
+            shortcut = nn.Dense(s.dim_out, dtype=dt, name="proj")(x)
             if stride:
                 shortcut = max_pool(shortcut, stride)
         hw = shortcut.shape[1:3]
         if s.window_size:
             x = window_partition(x, s.window_size)
-        x = MultiScaleAttention(s.dim_out, s.num_heads, stride, name="attn")(x)
+        x = MultiScaleAttention(s.dim_out, s.num_heads, stride, dtype=dt, name="attn")(x)
         if s.window_size:
             # Pooling shrank each window; the windows still tile the (pooled) padded grid.
             x = window_unpartition(x, s.window_size // (stride or 1), hw)
         x = shortcut + x
-        y = layer_norm(1e-6, name="norm2")(x)
-        return x + HieraMLP(int(s.dim_out * self.mlp_ratio), name="mlp")(y)
+        y = layer_norm(1e-6, name="norm2", dtype=dt)(x)
+        return x + HieraMLP(int(s.dim_out * self.mlp_ratio), dtype=dt, name="mlp")(y)
 
 
 class PatchEmbed(nn.Module):
     """7x7 stride-4 convolution with padding 3: (B, S, S, 3) -> (B, S/4, S/4, C)."""
 
     embed_dim: int
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        pad = ((3, 3), (3, 3))
         conv = nn.Conv(
-            self.embed_dim, (7, 7), strides=(4, 4), padding=((3, 3), (3, 3)), name="proj"
+            self.embed_dim, (7, 7), strides=(4, 4), padding=pad, dtype=self.dtype, name="proj"
         )
         return conv(x)
 
@@ -149,6 +160,7 @@ class Hiera(nn.Module):
 
     config: HieraConfig
     remat: bool = False
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     def position_embedding(self, h: int, w: int) -> jnp.ndarray:
         """(h, w, C): the background table resized bicubically plus the tiled window table."""
@@ -169,13 +181,15 @@ class Hiera(nn.Module):
     @nn.compact
     def __call__(self, images: jnp.ndarray) -> list[jnp.ndarray]:
         cfg = self.config
-        x = PatchEmbed(cfg.embed_dim, name="patch_embed")(images)
+        x = PatchEmbed(cfg.embed_dim, dtype=self.dtype, name="patch_embed")(images)
         x = x + self.position_embedding(*x.shape[1:3]).astype(x.dtype)
         block_cls = nn.remat(MultiScaleBlock) if self.remat else MultiScaleBlock
         ends = set(stage_ends(cfg))
         outputs = []
         for i, spec in enumerate(block_specs(cfg)):
-            x = block_cls(spec, cfg.q_stride, cfg.mlp_ratio, name=f"blocks_{i}")(x)
+            x = block_cls(spec, cfg.q_stride, cfg.mlp_ratio, dtype=self.dtype, name=f"blocks_{i}")(
+                x
+            )
             if i in ends:
                 outputs.append(x)
         return outputs

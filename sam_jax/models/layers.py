@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 
-def layer_norm(eps: float = 1e-5, name: str | None = None) -> nn.LayerNorm:
+def layer_norm(eps: float = 1e-5, name: str | None = None, dtype: Any = None) -> nn.LayerNorm:
     """LayerNorm over the last axis with torch's two-pass variance (exact parity).
 
     In NHWC this is also the reference's LayerNorm2d (eps 1e-6), which normalises channels.
+    The statistics and the normalisation are always computed in (at least) float32; `dtype`
+    is the output's (None: the input's promoted with the float32 parameters, i.e. float32).
     """
-    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
+    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
 
 
 def gelu(x: jnp.ndarray) -> jnp.ndarray:
@@ -27,12 +31,14 @@ class MLP(nn.Module):
     output_dim: int
     num_layers: int
     sigmoid_output: bool = False
+    dtype: Any = None  # computation dtype; None: inputs promoted with the float32 parameters
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         for i in range(self.num_layers):
             last = i == self.num_layers - 1
-            x = nn.Dense(self.output_dim if last else self.hidden_dim, name=f"layers_{i}")(x)
+            width = self.output_dim if last else self.hidden_dim
+            x = nn.Dense(width, dtype=self.dtype, name=f"layers_{i}")(x)
             if not last:
                 x = jax.nn.relu(x)
         return jax.nn.sigmoid(x) if self.sigmoid_output else x
@@ -43,12 +49,13 @@ class MLPBlock(nn.Module):
 
     mlp_dim: int
     activation: str = "gelu"
+    dtype: Any = None  # computation dtype; None: inputs promoted with the float32 parameters
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         act = gelu if self.activation == "gelu" else jax.nn.relu
-        h = act(nn.Dense(self.mlp_dim, name="lin1")(x))
-        return nn.Dense(x.shape[-1], name="lin2")(h)
+        h = act(nn.Dense(self.mlp_dim, dtype=self.dtype, name="lin1")(x))
+        return nn.Dense(x.shape[-1], dtype=self.dtype, name="lin2")(h)
 
 
 class ConvTranspose2x2(nn.Module):
@@ -59,9 +66,11 @@ class ConvTranspose2x2(nn.Module):
     """
 
     features: int
+    dtype: Any = None  # computation dtype; None: the input's
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        x = x if self.dtype is None else x.astype(self.dtype)
         b, h, w, c = x.shape
         kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (2, 2, c, self.features), jnp.float32
@@ -81,19 +90,25 @@ class DepthwiseConv(nn.Module):
     """
 
     kernel_size: int = 7
+    dtype: Any = None  # computation dtype; None: the input's
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        x = x if self.dtype is None else x.astype(self.dtype)
         k, (h, w, c) = self.kernel_size, x.shape[-3:]
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
         kernel = kernel.astype(x.dtype)
         pad = [(0, 0)] * (x.ndim - 3) + [(k // 2, k // 2), (k // 2, k // 2), (0, 0)]
         xp = jnp.pad(x, pad)
+        # The taps are summed in (at least) float32: a bf16 running sum loses the small ones.
+        acc = jnp.promote_types(x.dtype, jnp.float32)
         taps = (
-            xp[..., i : i + h, j : j + w, :] * kernel[i, j, 0] for i in range(k) for j in range(k)
+            (xp[..., i : i + h, j : j + w, :] * kernel[i, j, 0]).astype(acc)
+            for i in range(k)
+            for j in range(k)
         )
-        return sum(taps) + bias.astype(x.dtype)
+        return (sum(taps) + bias.astype(acc)).astype(x.dtype)
 
 
 class Table(nn.Module):

@@ -10,9 +10,14 @@ split in 4). Frame tokens get axial RoPE, every frame with the same positions (s
 frame slot moves nothing); pointer tokens get none. The fixed-shape memory bank of the video
 tracker marks its empty slots False in `memory_mask`: those tokens then take no part at all,
 and the output equals the reference fed only the valid tokens.
+
+`dtype` is the computation dtype (parameters stay float32; LayerNorm, RoPE and softmax
+statistics run in float32); inputs and output are float32.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -32,6 +37,7 @@ class RoPEAttention(nn.Module):
 
     num_heads: int = 1
     rope_theta: float = 10000.0
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(
@@ -48,15 +54,16 @@ class RoPEAttention(nn.Module):
         h, w = feat_hw
         if h * w != nq:
             raise ValueError(f"{nq} query tokens are not a {h}x{w} feature grid")
-        q = nn.Dense(d, name="q_proj")(q).reshape(b, nq, heads, hd)
-        k = nn.Dense(d, name="k_proj")(k).reshape(b, -1, heads, hd)
-        v_proj = nn.Dense(d, name="v_proj")
+        dt = self.dtype
+        q = nn.Dense(d, dtype=dt, name="q_proj")(q).reshape(b, nq, heads, hd)
+        k = nn.Dense(d, dtype=dt, name="k_proj")(k).reshape(b, -1, heads, hd)
+        v_proj = nn.Dense(d, dtype=dt, name="v_proj")
         # Narrow values (the 64-d memory in cross-attention) are projected AFTER weighting:
         # P (v W + c) = (P v) W + c for rows of P summing to 1, 4x fewer multiplications
         # against the long memory axis than projecting every memory token first.
         project_after = v.shape[-1] < d
         if project_after:
-            vals = v[:, :, None]  # (B, Nk, 1, D_kv), shared by the heads
+            vals = v[:, :, None].astype(dt)  # (B, Nk, 1, D_kv), shared by the heads
         else:
             vals = v_proj(v).reshape(b, -1, heads, hd)
 
@@ -74,7 +81,7 @@ class RoPEAttention(nn.Module):
             if key_mask is not None:  # a row with no valid key attends to nothing (no bias)
                 attends = jnp.any(key_mask, axis=-1)[:, None, None, None]
                 out = out * attends.astype(out.dtype)
-        return nn.Dense(d, name="out_proj")(out.reshape(b, nq, d))
+        return nn.Dense(d, dtype=dt, name="out_proj")(out.reshape(b, nq, d))
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -85,22 +92,24 @@ class MemoryAttentionLayer(nn.Module):
     """
 
     dim_feedforward: int = 2048
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, tgt, memory, memory_pos, feat_hw, num_obj_ptr_tokens, memory_mask=None):
-        x = layer_norm(name="norm1")(tgt)
+        dt = self.dtype
+        x = layer_norm(name="norm1", dtype=dt)(tgt)
         hw = tgt.shape[1]
-        tgt = tgt + RoPEAttention(name="self_attn")(x, x, x, feat_hw, num_k_rope=hw)
+        tgt = tgt + RoPEAttention(dtype=dt, name="self_attn")(x, x, x, feat_hw, num_k_rope=hw)
 
-        x = layer_norm(name="norm2")(tgt)
+        x = layer_norm(name="norm2", dtype=dt)(tgt)
         num_k_rope = memory.shape[1] - num_obj_ptr_tokens
-        tgt = tgt + RoPEAttention(name="cross_attn_image")(
+        tgt = tgt + RoPEAttention(dtype=dt, name="cross_attn_image")(
             x, memory + memory_pos, memory, feat_hw, num_k_rope, memory_mask
         )
 
-        x = layer_norm(name="norm3")(tgt)
-        x = nn.Dense(self.dim_feedforward, name="linear1")(x)
-        x = nn.Dense(tgt.shape[-1], name="linear2")(jax.nn.relu(x))
+        x = layer_norm(name="norm3", dtype=dt)(tgt)
+        x = nn.Dense(self.dim_feedforward, dtype=dt, name="linear1")(x)
+        x = nn.Dense(tgt.shape[-1], dtype=dt, name="linear2")(jax.nn.relu(x))
         return tgt + x
 
 
@@ -123,6 +132,7 @@ class MemoryAttention(nn.Module):
     num_layers: int = 4
     dim_feedforward: int = 2048
     pos_enc_at_input: bool = True
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(
@@ -152,8 +162,10 @@ class MemoryAttention(nn.Module):
             memory_pos = jnp.where(valid, memory_pos, 0)
 
         x = curr + 0.1 * curr_pos if self.pos_enc_at_input else curr
+        dt = self.dtype
+        x, memory, memory_pos = x.astype(dt), memory.astype(dt), memory_pos.astype(dt)
         for i in range(self.num_layers):
-            x = MemoryAttentionLayer(self.dim_feedforward, name=f"layers_{i}")(
+            x = MemoryAttentionLayer(self.dim_feedforward, dtype=dt, name=f"layers_{i}")(
                 x, memory, memory_pos, tuple(feat_hw), num_obj_ptr_tokens, memory_mask
             )
-        return layer_norm(name="norm")(x)
+        return layer_norm(name="norm", dtype=jnp.float32)(x)

@@ -5,10 +5,13 @@ Shapes (NHWC), for an image of size S and a feature grid (h, w) = (S/16, S/16):
     masks    (B, 16h, 16w, 1) mask at image resolution (SAM 2's `pred_masks_high_res`,
              S x S): logits, or already-scaled probabilities with skip_mask_sigmoid=True
              (the tracker feeds sigmoid(logits) * 20 - 10, or binarised * 20 - 10);
-    -> features (B, h, w, 64), pos (B, h, w, 64) (sine encoding, no parameters).
+    -> features (B, h, w, 64), pos (B, h, w, 64) (sine encoding, no parameters), float32
+       whatever the computation dtype `dtype` (parameters stay float32; LayerNorm in float32).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -28,16 +31,17 @@ class MaskDownSampler(nn.Module):
 
     embed_dim: int = 256
     num_layers: int = 4
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        chans = 1
+        chans, dt = 1, self.dtype
         for i in range(self.num_layers):
             chans *= 4
-            x = nn.Conv(chans, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+            x = nn.Conv(chans, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dt,
                         name=f"encoder_{3 * i}")(x)  # fmt: skip
-            x = gelu(layer_norm(1e-6, name=f"encoder_{3 * i + 1}")(x))
-        return nn.Conv(self.embed_dim, (1, 1), name=f"encoder_{3 * self.num_layers}")(x)
+            x = gelu(layer_norm(1e-6, name=f"encoder_{3 * i + 1}", dtype=dt)(x))
+        return nn.Conv(self.embed_dim, (1, 1), dtype=dt, name=f"encoder_{3 * self.num_layers}")(x)
 
 
 class CXBlock(nn.Module):
@@ -45,13 +49,15 @@ class CXBlock(nn.Module):
     `gamma`, residual. (B, H, W, C) -> same."""
 
     kernel_size: int = 7
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        c = x.shape[-1]
-        y = DepthwiseConv(self.kernel_size, name="dwconv")(x)
-        y = layer_norm(1e-6, name="norm")(y)
-        y = nn.Dense(c, name="pwconv2")(gelu(nn.Dense(4 * c, name="pwconv1")(y)))
+        c, dt = x.shape[-1], self.dtype
+        y = DepthwiseConv(self.kernel_size, dtype=dt, name="dwconv")(x)
+        y = layer_norm(1e-6, name="norm", dtype=dt)(y)
+        y = gelu(nn.Dense(4 * c, dtype=dt, name="pwconv1")(y))
+        y = nn.Dense(c, dtype=dt, name="pwconv2")(y)
         gamma = self.param("gamma", nn.initializers.constant(1e-6), (c,), jnp.float32)
         return x + gamma.astype(y.dtype) * y
 
@@ -60,11 +66,12 @@ class Fuser(nn.Module):
     """`num_layers` CXBlocks in sequence (named layers_0 ..)."""
 
     num_layers: int = 2
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         for i in range(self.num_layers):
-            x = CXBlock(name=f"layers_{i}")(x)
+            x = CXBlock(dtype=self.dtype, name=f"layers_{i}")(x)
         return x
 
 
@@ -73,6 +80,7 @@ class MemoryEncoder(nn.Module):
     out_proj to `out_dim`; see the module docstring for shapes."""
 
     out_dim: int = 64
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(
@@ -86,10 +94,12 @@ class MemoryEncoder(nn.Module):
             )
         if not skip_mask_sigmoid:
             masks = jax.nn.sigmoid(masks)
-        m = MaskDownSampler(c, name="mask_downsampler")(masks.astype(pix_feat.dtype))
-        x = nn.Conv(c, (1, 1), name="pix_feat_proj")(pix_feat) + m
-        x = Fuser(name="fuser")(x)
+        dt = self.dtype
+        m = MaskDownSampler(c, dtype=dt, name="mask_downsampler")(masks.astype(dt))
+        x = nn.Conv(c, (1, 1), dtype=dt, name="pix_feat_proj")(pix_feat) + m
+        x = Fuser(dtype=dt, name="fuser")(x)
         if self.out_dim != c:
-            x = nn.Conv(self.out_dim, (1, 1), name="out_proj")(x)
+            x = nn.Conv(self.out_dim, (1, 1), dtype=dt, name="out_proj")(x)
+        x = x.astype(jnp.float32)
         pos = jnp.asarray(sine_position_encoding(h, w, x.shape[-1]), x.dtype)
         return x, jnp.broadcast_to(pos, x.shape)

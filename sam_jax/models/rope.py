@@ -36,12 +36,17 @@ def axial_rope_tables(
 
 
 def apply_rope(x: jnp.ndarray, cos: np.ndarray, sin: np.ndarray) -> jnp.ndarray:
-    """Rotate the channel pairs of x (..., L, dim) by tables (L, dim // 2)."""
-    pairs = x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
+    """Rotate the channel pairs of x (..., L, dim) by tables (L, dim // 2).
+
+    The rotation is computed in (at least) float32, so bfloat16 inputs keep the tables'
+    precision; the result has x's dtype."""
+    dt = jnp.promote_types(x.dtype, jnp.float32)
+    pairs = x.astype(dt).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
     a, b = pairs[..., 0], pairs[..., 1]
-    c = jnp.asarray(cos, x.dtype)
-    s = jnp.asarray(sin, x.dtype)
-    return jnp.stack([a * c - b * s, a * s + b * c], axis=-1).reshape(x.shape)
+    c = jnp.asarray(cos, dt)
+    s = jnp.asarray(sin, dt)
+    out = jnp.stack([a * c - b * s, a * s + b * c], axis=-1).reshape(x.shape)
+    return out.astype(x.dtype)
 
 
 def apply_rope_to_keys(

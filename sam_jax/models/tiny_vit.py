@@ -26,9 +26,14 @@ on the pooled last-stage features, then discarding the result), so conversion co
 key strictly, the parameter count equals the file's, and an exported file carries the
 original head weights bit for bit and loads strictly into the ultralytics module. At apply
 time the head is never run, so it costs nothing.
+
+`dtype` is the computation dtype (parameters and batch statistics stay float32; LayerNorm,
+BatchNorm and softmax statistics run in float32); the embeddings come out float32.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -37,7 +42,7 @@ import numpy as np
 from sam_jax.config import TinyViTConfig
 from sam_jax.models.attention import attention
 from sam_jax.models.layers import gelu, layer_norm
-from sam_jax.models.vit import window_partition, window_unpartition
+from sam_jax.models.vit import neck, window_partition, window_unpartition
 
 # torch BatchNorm2d's defaults, in flax's convention (see the module docstring).
 BN_EPS = 1e-5
@@ -55,21 +60,24 @@ class DepthwiseConv(nn.Module):
 
     kernel_size: int
     stride: int = 1
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         k, s, p = self.kernel_size, self.stride, self.kernel_size // 2
+        x = x.astype(self.dtype)
         b, h, w, c = x.shape
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c), jnp.float32)
-        kernel = kernel.astype(x.dtype)
+        kernel = kernel.astype(self.dtype)
         xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        out = jnp.zeros((b, ho, wo, c), x.dtype)
+        # The taps are summed in (at least) float32: a bf16 running sum loses the small ones.
+        out = jnp.zeros((b, ho, wo, c), jnp.promote_types(x.dtype, jnp.float32))
         for i in range(k):
             for j in range(k):
                 window = xp[:, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s]
                 out = out + window * kernel[i, j, 0]
-        return out
+        return out.astype(x.dtype)
 
 
 class Conv2dBN(nn.Module):
@@ -84,6 +92,7 @@ class Conv2dBN(nn.Module):
     kernel_size: int = 1
     stride: int = 1
     depthwise: bool = False
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -93,7 +102,7 @@ class Conv2dBN(nn.Module):
                 raise ValueError(
                     f"depthwise conv keeps {x.shape[-1]} channels, not {self.features}"
                 )
-            x = DepthwiseConv(k, self.stride, name="c")(x)
+            x = DepthwiseConv(k, self.stride, dtype=self.dtype, name="c")(x)
         else:
             x = nn.Conv(
                 self.features,
@@ -101,11 +110,17 @@ class Conv2dBN(nn.Module):
                 strides=(self.stride, self.stride),
                 padding=((p, p), (p, p)),
                 use_bias=False,
+                dtype=self.dtype,
                 name="c",
             )(x)
-        return nn.BatchNorm(
-            use_running_average=True, momentum=BN_MOMENTUM, epsilon=BN_EPS, name="bn"
-        )(x)
+        bn = nn.BatchNorm(
+            use_running_average=True,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPS,
+            dtype=self.dtype,
+            name="bn",
+        )
+        return bn(x)
 
 
 class PatchEmbed(nn.Module):
@@ -115,11 +130,12 @@ class PatchEmbed(nn.Module):
     """
 
     embed_dim: int
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        x = Conv2dBN(self.embed_dim // 2, 3, 2, name="seq_0")(x)
-        return Conv2dBN(self.embed_dim, 3, 2, name="seq_2")(gelu(x))
+        x = Conv2dBN(self.embed_dim // 2, 3, 2, dtype=self.dtype, name="seq_0")(x)
+        return Conv2dBN(self.embed_dim, 3, 2, dtype=self.dtype, name="seq_2")(gelu(x))
 
 
 class MBConv(nn.Module):
@@ -129,14 +145,15 @@ class MBConv(nn.Module):
     """
 
     expand_ratio: float
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        c = x.shape[-1]
+        c, dt = x.shape[-1], self.dtype
         hidden = int(c * self.expand_ratio)
-        y = gelu(Conv2dBN(hidden, 1, name="conv1")(x))
-        y = gelu(Conv2dBN(hidden, 3, depthwise=True, name="conv2")(y))
-        y = Conv2dBN(c, 1, name="conv3")(y)
+        y = gelu(Conv2dBN(hidden, 1, dtype=dt, name="conv1")(x))
+        y = gelu(Conv2dBN(hidden, 3, depthwise=True, dtype=dt, name="conv2")(y))
+        y = Conv2dBN(c, 1, dtype=dt, name="conv3")(y)
         return gelu(x + y)
 
 
@@ -148,12 +165,14 @@ class PatchMerging(nn.Module):
 
     out_dim: int
     stride: int
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        x = gelu(Conv2dBN(self.out_dim, 1, name="conv1")(x))
-        x = gelu(Conv2dBN(self.out_dim, 3, self.stride, depthwise=True, name="conv2")(x))
-        return Conv2dBN(self.out_dim, 1, name="conv3")(x)
+        d, dt = self.out_dim, self.dtype
+        x = gelu(Conv2dBN(d, 1, dtype=dt, name="conv1")(x))
+        x = gelu(Conv2dBN(d, 3, self.stride, depthwise=True, dtype=dt, name="conv2")(x))
+        return Conv2dBN(d, 1, dtype=dt, name="conv3")(x)
 
 
 def attention_bias_index(window_size: int) -> np.ndarray:
@@ -177,32 +196,36 @@ class Attention(nn.Module):
     and per relative offset. (N, ws, ws, C) windows -> (N, ws, ws, C)."""
 
     num_heads: int
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         n, ws, _, c = x.shape
-        heads, hd = self.num_heads, c // self.num_heads
-        x = layer_norm(1e-5, name="norm")(x.reshape(n, ws * ws, c))
+        heads, hd, dt = self.num_heads, c // self.num_heads, self.dtype
+        x = layer_norm(1e-5, name="norm", dtype=dt)(x.reshape(n, ws * ws, c))
         # The reference lays qkv out head-major: each head's slice is [q | k | v].
-        qkv = nn.Dense(3 * c, name="qkv")(x).reshape(n, ws * ws, heads, 3 * hd)
+        qkv = nn.Dense(3 * c, dtype=dt, name="qkv")(x).reshape(n, ws * ws, heads, 3 * hd)
         q, k, v = jnp.split(qkv, 3, axis=-1)  # each (n, N, heads, hd)
         biases = self.param(
             "attention_biases", nn.initializers.zeros, (heads, ws * ws), jnp.float32
         )
-        bias = biases.astype(x.dtype)[:, attention_bias_index(ws)]  # (heads, N, N)
+        # Float32 whatever the inputs: the bias joins the float32 logits.
+        bias = biases[:, attention_bias_index(ws)]  # (heads, N, N)
         out = attention(q, k, v, bias=bias).reshape(n, ws * ws, c)
-        return nn.Dense(c, name="proj")(out).reshape(n, ws, ws, c)
+        return nn.Dense(c, dtype=dt, name="proj")(out).reshape(n, ws, ws, c)
 
 
 class Mlp(nn.Module):
     """Pre-norm feed-forward: LayerNorm, fc1, GELU, fc2. (..., C) -> (..., C)."""
 
     hidden: int
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        h = nn.Dense(self.hidden, name="fc1")(layer_norm(1e-5, name="norm")(x))
-        return nn.Dense(x.shape[-1], name="fc2")(gelu(h))
+        dt = self.dtype
+        h = nn.Dense(self.hidden, dtype=dt, name="fc1")(layer_norm(1e-5, name="norm", dtype=dt)(x))
+        return nn.Dense(x.shape[-1], dtype=dt, name="fc2")(gelu(h))
 
 
 class TinyViTBlock(nn.Module):
@@ -216,16 +239,17 @@ class TinyViTBlock(nn.Module):
     window_size: int
     mlp_ratio: float
     local_conv_size: int
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         b, h, w, c = x.shape
-        ws = self.window_size
-        y = Attention(self.num_heads, name="attn")(window_partition(x, ws))
+        ws, dt = self.window_size, self.dtype
+        y = Attention(self.num_heads, dtype=dt, name="attn")(window_partition(x, ws))
         x = x + window_unpartition(y, ws, (h, w))
         k = self.local_conv_size
-        x = Conv2dBN(c, k, depthwise=True, name="local_conv")(x)
-        return x + Mlp(int(c * self.mlp_ratio), name="mlp")(x)
+        x = Conv2dBN(c, k, depthwise=True, dtype=dt, name="local_conv")(x)
+        return x + Mlp(int(c * self.mlp_ratio), dtype=dt, name="mlp")(x)
 
 
 class ConvLayer(nn.Module):
@@ -236,14 +260,18 @@ class ConvLayer(nn.Module):
     out_dim: int | None  # None: no patch merging
     merge_stride: int
     remat: bool = False
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         block = nn.remat(MBConv) if self.remat else MBConv
         for i in range(self.depth):
-            x = block(self.expand_ratio, name=f"blocks_{i}")(x)
+            x = block(self.expand_ratio, dtype=self.dtype, name=f"blocks_{i}")(x)
         if self.out_dim is not None:
-            x = PatchMerging(self.out_dim, self.merge_stride, name="downsample")(x)
+            merge = PatchMerging(
+                self.out_dim, self.merge_stride, dtype=self.dtype, name="downsample"
+            )
+            x = merge(x)
         return x
 
 
@@ -259,6 +287,7 @@ class BasicLayer(nn.Module):
     out_dim: int | None  # None: no patch merging
     merge_stride: int
     remat: bool = False
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -269,18 +298,24 @@ class BasicLayer(nn.Module):
                 self.window_size,
                 self.mlp_ratio,
                 self.local_conv_size,
+                dtype=self.dtype,
                 name=f"blocks_{i}",
             )(x)
         if self.out_dim is not None:
-            x = PatchMerging(self.out_dim, self.merge_stride, name="downsample")(x)
+            merge = PatchMerging(
+                self.out_dim, self.merge_stride, dtype=self.dtype, name="downsample"
+            )
+            x = merge(x)
         return x
 
 
 class TinyViT(nn.Module):
-    """(B, S, S, 3) normalised images -> (B, S/16, S/16, out_chans); S a multiple of 16."""
+    """(B, S, S, 3) normalised images -> (B, S/16, S/16, out_chans) float32; S a multiple
+    of 16."""
 
     config: TinyViTConfig
     remat: bool = False  # recompute blocks in the backward pass (fine-tuning memory)
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -294,7 +329,8 @@ class TinyViT(nn.Module):
         # The stride bookkeeping (S/4, S/8, S/16, S/16) is the reference's, made for 4 stages.
         if not n == len(cfg.depths) == len(cfg.num_heads) == len(cfg.window_sizes) == 4:
             raise ValueError(f"TinyViT has 4 stages; the config describes {n}: {cfg}")
-        x = PatchEmbed(dims[0], name="patch_embed")(x)
+        dt = self.dtype
+        x = PatchEmbed(dims[0], dtype=dt, name="patch_embed")(x)
         for i in range(n):
             last = i == n - 1
             out_dim = None if last else dims[i + 1]
@@ -307,6 +343,7 @@ class TinyViT(nn.Module):
                     out_dim,
                     stride,
                     self.remat,
+                    dtype=dt,
                     name="layers_0",
                 )
             else:
@@ -319,17 +356,13 @@ class TinyViT(nn.Module):
                     out_dim,
                     stride,
                     self.remat,
+                    dtype=dt,
                     name=f"layers_{i}",
                 )
             x = layer(x)
         if self.is_initializing():
             self._classification_head(x)
-        x = nn.Conv(cfg.out_chans, (1, 1), use_bias=False, name="neck_0")(x)
-        x = layer_norm(1e-6, name="neck_1")(x)
-        x = nn.Conv(cfg.out_chans, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="neck_2")(
-            x
-        )
-        return layer_norm(1e-6, name="neck_3")(x)
+        return neck(x, cfg.out_chans, dt)
 
     def _classification_head(self, x: jnp.ndarray) -> jnp.ndarray:
         """ImageNet logits (B, num_classes) from last-stage features (B, h, w, C): only run

@@ -1,11 +1,15 @@
 """SAM's ViT image encoder: windowed and global attention with decomposed relative positions.
 
-Images (B, S, S, 3) -> embeddings (B, S/16, S/16, 256). The position tables are stored at
-the pretraining size (64x64 grid for 1024 px) and resized for other S as the reference
-does: nearest for the absolute embedding, linear for the relative-position tables.
+Images (B, S, S, 3) -> embeddings (B, S/16, S/16, 256), float32 whatever the computation
+dtype (`dtype`: parameters stay float32; LayerNorm and softmax statistics run in float32,
+matrix products in `dtype`). The position tables are stored at the pretraining size (64x64
+grid for 1024 px) and resized for other S as the reference does: nearest for the absolute
+embedding, linear for the relative-position tables.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -50,18 +54,19 @@ class RelPosAttention(nn.Module):
 
     num_heads: int
     table_size: int
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         n, h, w, c = x.shape
         heads, hd = self.num_heads, c // self.num_heads
-        qkv = nn.Dense(3 * c, name="qkv")(x).reshape(n, h, w, 3, heads, hd)
+        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(x).reshape(n, h, w, 3, heads, hd)
         q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]  # (n, h, w, heads, hd)
         zeros = nn.initializers.zeros
         rel_pos_h = self.param("rel_pos_h", zeros, (2 * self.table_size - 1, hd), jnp.float32)
         rel_pos_w = self.param("rel_pos_w", zeros, (2 * self.table_size - 1, hd), jnp.float32)
-        r_h = relative_position_table(rel_pos_h.astype(x.dtype), h)  # (h, kh, hd)
-        r_w = relative_position_table(rel_pos_w.astype(x.dtype), w)  # (w, kw, hd)
+        r_h = relative_position_table(rel_pos_h.astype(self.dtype), h)  # (h, kh, hd)
+        r_w = relative_position_table(rel_pos_w.astype(self.dtype), w)  # (w, kw, hd)
         # The relative terms depend on (query, key row) and (query, key column) only: they
         # go to the attention in that factored form, never as a full (hw, hw) bias.
         rel_h = jnp.einsum("nhwxd,hkd->nxhwk", q, r_h).reshape(n, heads, h * w, h)
@@ -70,7 +75,7 @@ class RelPosAttention(nn.Module):
         out = attention(
             q.reshape(tokens), k.reshape(tokens), v.reshape(tokens), rel_pos=(rel_h, rel_w)
         )
-        return nn.Dense(c, name="proj")(out.reshape(n, h, w, c))
+        return nn.Dense(c, dtype=self.dtype, name="proj")(out.reshape(n, h, w, c))
 
 
 class Block(nn.Module):
@@ -80,19 +85,23 @@ class Block(nn.Module):
     mlp_ratio: float
     window_size: int
     global_size: int  # grid side of the stored tables for a global block
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         b, h, w, c = x.shape
-        y = layer_norm(1e-6, name="norm1")(x)
+        dt = self.dtype
+        y = layer_norm(1e-6, name="norm1", dtype=dt)(x)
         ws = self.window_size
         if ws > 0:
             y = window_partition(y, ws)  # windows folded into the batch
-        y = RelPosAttention(self.num_heads, ws if ws > 0 else self.global_size, name="attn")(y)
+        table = ws if ws > 0 else self.global_size
+        y = RelPosAttention(self.num_heads, table, dtype=dt, name="attn")(y)
         if ws > 0:
             y = window_unpartition(y, ws, (h, w))
         x = x + y
-        return x + MLPBlock(int(c * self.mlp_ratio), name="mlp")(layer_norm(1e-6, name="norm2")(x))
+        y = layer_norm(1e-6, name="norm2", dtype=dt)(x)
+        return x + MLPBlock(int(c * self.mlp_ratio), dtype=dt, name="mlp")(y)
 
 
 class PatchEmbed(nn.Module):
@@ -100,18 +109,23 @@ class PatchEmbed(nn.Module):
 
     embed_dim: int
     patch_size: int
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         p = self.patch_size
-        return nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", name="proj")(x)
+        conv = nn.Conv(
+            self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="proj"
+        )
+        return conv(x)
 
 
 class ImageEncoderViT(nn.Module):
-    """(B, S, S, 3) normalised images -> (B, S/16, S/16, out_chans)."""
+    """(B, S, S, 3) normalised images -> (B, S/16, S/16, out_chans) float32."""
 
     config: ViTConfig
     remat: bool = False  # recompute blocks in the backward pass (fine-tuning memory)
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -121,7 +135,8 @@ class ImageEncoderViT(nn.Module):
                 f"images must be (B, S, S, 3) with S a multiple of {cfg.patch_size}; "
                 f"got shape {x.shape}"
             )
-        x = PatchEmbed(cfg.embed_dim, cfg.patch_size, name="patch_embed")(x)
+        dt = self.dtype
+        x = PatchEmbed(cfg.embed_dim, cfg.patch_size, dtype=dt, name="patch_embed")(x)
         grid = cfg.pretrain_image_size // cfg.patch_size
         pos = self.param("pos_embed", nn.initializers.zeros, (1, grid, grid, cfg.embed_dim))
         if pos.shape[1:3] != x.shape[1:3]:
@@ -135,11 +150,18 @@ class ImageEncoderViT(nn.Module):
                 cfg.mlp_ratio,
                 0 if is_global else cfg.window_size,
                 grid,
+                dtype=dt,
                 name=f"blocks_{i}",
             )(x)
-        x = nn.Conv(cfg.out_chans, (1, 1), use_bias=False, name="neck_0")(x)
-        x = layer_norm(1e-6, name="neck_1")(x)
-        x = nn.Conv(cfg.out_chans, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="neck_2")(
-            x
-        )
-        return layer_norm(1e-6, name="neck_3")(x)
+        return neck(x, cfg.out_chans, dt)
+
+
+def neck(x: jnp.ndarray, out_chans: int, dtype: Any) -> jnp.ndarray:
+    """SAM's encoder neck (1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d) as modules named
+    neck_0 .. neck_3 of the calling compact module; the output is float32, whatever `dtype`
+    the convolutions compute in, since the decoders run in float32."""
+    x = nn.Conv(out_chans, (1, 1), use_bias=False, dtype=dtype, name="neck_0")(x)
+    x = layer_norm(1e-6, name="neck_1", dtype=dtype)(x)
+    pad = ((1, 1), (1, 1))
+    x = nn.Conv(out_chans, (3, 3), padding=pad, use_bias=False, dtype=dtype, name="neck_2")(x)
+    return layer_norm(1e-6, name="neck_3", dtype=jnp.float32)(x)

@@ -14,12 +14,15 @@ accumulation: `make_train_step(..., accumulate=N)` (N micro-batches in one call)
 `make_optimizer(..., accumulate=N)` (over N calls) keep accumulators for the trained leaves
 only. (Wrapping the optimizer in `optax.MultiSteps` instead hides the labels from the step,
 which then differentiates, and accumulates, every leaf.)
-`compute_dtype=jnp.bfloat16` runs the model in bf16 against float32 parameters;
+`compute_dtype=jnp.bfloat16` runs the model as `sam_jax.build(..., dtype=jnp.bfloat16)`
+does: the encoders (and SAM 2's memory modules) compute in bf16 against float32 parameters,
+with LayerNorm and softmax statistics, the decoders and the loss in float32;
 `sam_jax.build(..., remat=True)` recomputes encoder blocks in the backward pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Callable
 from typing import Any
@@ -211,11 +214,24 @@ def _split(params: Any, labels: Any | None) -> tuple[dict, dict]:
     return trained, {k: v for k, v in flat.items() if lab[k] != "train"}
 
 
+def _at_compute_dtype(model: nn.Module, compute_dtype: Any) -> tuple[nn.Module, Any]:
+    """(the model to run, the dtype to cast variables and images to, or None).
+
+    A model with a `dtype` field (Sam, Sam2) is cloned with `compute_dtype` and keeps its
+    float32 variables; a module without one gets its variables and images cast instead.
+    None: the model as it is."""
+    if compute_dtype is None:
+        return model, None
+    if "dtype" in {f.name for f in dataclasses.fields(model)}:
+        return model.clone(dtype=compute_dtype), None
+    return model, compute_dtype
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
     num_corrections: int = 2,
-    compute_dtype: Any = jnp.float32,
+    compute_dtype: Any = None,
     loss_fn: Callable = interactive_loss,
     *,
     trainable: Trainable | None = None,
@@ -224,6 +240,9 @@ def make_train_step(
 ) -> Callable:
     """jit-compiled (state, images, targets, key) -> (state, metrics). `loss_weights` go to
     `sam_loss` (focal_weight, dice_weight, iou_weight, focal_alpha, focal_gamma).
+
+    compute_dtype: the model's computation dtype for this step (e.g. jnp.bfloat16; see
+    `sam_jax.build`), parameters and optimizer state staying float32; None: the model's own.
 
     Only the leaves that train are differentiated: those `trainable` names (see `trains`),
     by default those of the optimizer's `labels` (`make_optimizer`), else every leaf. The
@@ -236,6 +255,7 @@ def make_train_step(
     if accumulate < 1:
         raise ValueError(f"accumulate must be >= 1; got {accumulate}")
     fixed_labels = getattr(tx, "labels", None) if trainable is None else None
+    run_model, cast_dtype = _at_compute_dtype(model, compute_dtype)
 
     def grads_of(variables, images, targets, key, labels):
         """Gradients of the trained leaves (flat dict) and the loss's metrics."""
@@ -243,11 +263,14 @@ def make_train_step(
 
         def objective(trained):
             params = flax.traverse_util.unflatten_dict({**frozen, **trained})
-            cast = jax.tree.map(lambda x: x.astype(compute_dtype), {**variables, "params": params})
+            run_vars, run_images = {**variables, "params": params}, images
+            if cast_dtype is not None:
+                run_vars = jax.tree.map(lambda x: x.astype(cast_dtype), run_vars)
+                run_images = images.astype(cast_dtype)
             return loss_fn(
-                model,
-                cast,
-                images.astype(compute_dtype),
+                run_model,
+                run_vars,
+                run_images,
                 targets,
                 key,
                 num_corrections,
