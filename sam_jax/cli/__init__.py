@@ -1,9 +1,10 @@
 """The `sam-jax` command line: `main` parses the sub-command and runs it.
 
-Each sub-command lives in its own module (convert, segment, track) with an `add_parser(sub)`
-that registers it and sets `run`; the bundled shapes project adds demo, train-shapes and
-eval-shapes. Errors the library raises about the user's input (a missing or unreadable
-file, a bad value) are printed as one line `sam-jax: error: ...` with exit status 1.
+Each sub-command lives in its own module (convert, segment, track, evaluate) with an
+`add_parser(sub)` that registers it and sets `run`; the bundled shapes project adds demo,
+train-shapes and eval-shapes. Errors the library raises about the user's input (a missing or
+unreadable file, a bad value) are printed as one line `sam-jax: error: ...` with exit
+status 1.
 """
 
 from __future__ import annotations
