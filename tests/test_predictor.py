@@ -184,72 +184,34 @@ def test_predict_matches_ultralytics(pair, orientation):
     assert worst_score <= 1e-3
 
 
-def _cached_vs_uncached(model, params, feats, s, rng):
-    """Largest relative difference between predict_masks with the decoder cache (features of
-    batch 1) and without it (features repeated per prompt), over prompt layouts."""
-    import jax
-    import jax.numpy as jnp
-
-    cache = jax.jit(lambda p, f: model.apply(p, f, method="prepare_decoder"))(params, feats)
-    predict = jax.jit(
-        lambda p, f, **kw: model.apply(p, f, method="predict_masks", **kw),
-        static_argnames="multimask_output",
-    )
-    # (prompts K, points per prompt, box, multimask, mask input); 20 points take the plain
-    # order of products, fewer the reassociated one.
-    layouts = [
-        (1, 1, False, True, False),
-        (3, 2, True, False, False),
-        (2, 0, True, True, False),
-        (2, 20, False, True, False),
-        (2, 1, False, True, True),
-        (1, 0, False, True, False),
-    ]
-    worst = 0.0
-    for k, n, box, multimask, mask in layouts:
-        prompts = {
-            "point_coords": jnp.asarray(rng.uniform(0, s, (k, n, 2)), jnp.float32) if n else None,
-            "point_labels": jnp.asarray(rng.integers(0, 2, (k, n)), jnp.int32) if n else None,
-            "boxes": (
-                jnp.asarray(np.sort(rng.uniform(0, s, (k, 2, 2)), 1).reshape(k, 4), jnp.float32)
-                if box
-                else None
-            ),
-            "mask_inputs": (
-                jnp.asarray(rng.standard_normal((k, s // 4, s // 4, 1)), jnp.float32)
-                if mask
-                else None
-            ),
-        }
-        repeated = jax.tree_util.tree_map(lambda a, k=k: jnp.repeat(a, k, axis=0), feats)
-        got = predict(params, feats, multimask_output=multimask, decoder_cache=cache, **prompts)
-        want = predict(params, repeated, multimask_output=multimask, **prompts)
-        assert len(got) == len(want)
-        for g, w in zip(got, want, strict=True):
-            assert g.shape == w.shape, (g.shape, w.shape)
-            worst = max(worst, float(jnp.abs(g - w).max() / jnp.abs(w).max()))
-    return worst
-
-
 @pytest.mark.torch
-def test_cached_decoder_matches_predict_masks(pair):
-    """predict_masks with `prepare_decoder`'s cache (one image, K prompts) equals it without
-    (SAM and SAM 2; points, boxes, several prompts, mask inputs) to float32 rounding."""
+def test_fast_decoder_matches_model(pair):
+    """The predictor's cached / reassociated decoder equals Sam.predict_masks."""
     import jax.numpy as jnp
-
-    from tests.tiny_configs import TINY2, random_variables
 
     _, ours, _ = pair
+    model, params = ours.model, ours.params
     rng = np.random.default_rng(0)
     emb = jnp.asarray(rng.standard_normal((1, S // 16, S // 16, 256)), jnp.float32)
-    assert _cached_vs_uncached(ours.model, ours.params, emb, S, rng) < 1e-5
-
-    model = build_from_config(TINY2)
-    params = random_variables(model, seed=1)
-    s = TINY2.image_size
-    image = jnp.asarray(rng.standard_normal((1, s, s, 3)), jnp.float32)
-    feats = model.apply(params, image, method="encode_image")
-    assert _cached_vs_uncached(model, params, feats, s, rng) < 1e-5
+    cache = predictor._image_cache(model, params, emb)
+    layouts = [(1, 1, False, True), (3, 2, True, False), (2, 0, True, True), (2, 20, False, True)]
+    for k, n, box, multimask in layouts:
+        coords = jnp.asarray(rng.uniform(0, S, (k, n, 2)), jnp.float32) if n else None
+        labels = jnp.asarray(rng.integers(0, 2, (k, n)), jnp.int32) if n else None
+        boxes = (
+            jnp.asarray(np.sort(rng.uniform(0, S, (k, 2, 2)), 1).reshape(k, 4), jnp.float32)
+            if box
+            else None
+        )
+        got, got_iou = predictor._fast_decode(
+            model, params, cache, coords, labels, boxes, multimask
+        )
+        want, want_iou = predictor._decode(
+            model, params, emb, coords, labels, boxes, None, multimask
+        )
+        assert got.shape == want.shape and got_iou.shape == want_iou.shape
+        assert float(jnp.abs(got - want).max() / jnp.abs(want).max()) < 1e-4
+        assert float(jnp.abs(got_iou - want_iou).max() / jnp.abs(want_iou).max()) < 1e-4
 
 
 @pytest.mark.torch
@@ -295,7 +257,7 @@ def test_changing_prompt_values_never_recompiles(pair):
     ours.set_image(_image((w, h), seed=3))  # another size: only the final resize is new
     ours.predict(pts[1], labels[1])
     after = dict(predictor.TRACE_COUNTS)
-    for name in ("encode", "prepare_decoder", "decode"):
+    for name in ("encode", "image_cache", "fast_decode", "decode"):
         assert after.get(name) == before.get(name), name
 
 

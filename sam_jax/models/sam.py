@@ -3,12 +3,6 @@
 emb = model.apply(params, images, method="encode_image")        # (B, S/16, S/16, 256)
 logits, iou = model.apply(params, emb, point_coords=..., method="predict_masks")
 logits, iou = model.apply(params, images, point_coords=...)      # both at once
-
-Many prompt batches on the same images: the decoder's image-side step once, then prompts.
-
-cache = model.apply(params, emb, method="prepare_decoder")
-logits, iou = model.apply(params, emb, point_coords=..., decoder_cache=cache,
-                          method="predict_masks")
 """
 
 from __future__ import annotations
@@ -22,27 +16,10 @@ from sam_jax.config import SamConfig, TinyViTConfig, ViTConfig
 from sam_jax.models.mask_decoder import MaskDecoder
 from sam_jax.models.prompt_encoder import PromptEncoder
 from sam_jax.models.tiny_vit import TinyViT
-from sam_jax.models.two_way_transformer import ImageCache
 from sam_jax.models.vit import ImageEncoderViT
 
 # Image-encoder module for each encoder config type (a variant table, not code paths).
 ENCODERS: dict[type, type[nn.Module]] = {ViTConfig: ImageEncoderViT, TinyViTConfig: TinyViT}
-
-
-def prompt_batch(
-    point_coords: jnp.ndarray | None,
-    boxes: jnp.ndarray | None,
-    mask_inputs: jnp.ndarray | None,
-    default: int,
-) -> int:
-    """The batch of the first prompt given, else `default`."""
-    return next((a.shape[0] for a in (point_coords, boxes, mask_inputs) if a is not None), default)
-
-
-def check_shared_batch(name: str, batch: int, b: int) -> None:
-    """Raise a ValueError unless an image-side input of batch `batch` serves b prompts."""
-    if batch not in (1, b):
-        raise ValueError(f"{name} has batch {batch}; with a decoder_cache it must be 1 or B={b}")
 
 
 def check_prompts(
@@ -104,22 +81,6 @@ class Sam(nn.Module):
             raise ValueError(f"images must be (B, {s}, {s}, 3) for this model; got {images.shape}")
         return self.image_encoder(images)
 
-    def _check_embeddings(self, image_embeddings: jnp.ndarray) -> None:
-        g = self.config.embed_size
-        d = self.config.prompt_embed_dim
-        if image_embeddings.ndim != 4 or image_embeddings.shape[1:] != (g, g, d):
-            raise ValueError(
-                f"image_embeddings must be (B, {g}, {g}, {d}); got {image_embeddings.shape}"
-            )
-
-    def prepare_decoder(self, image_embeddings: jnp.ndarray) -> ImageCache:
-        """The mask decoder's image-side step for embeddings (B, S/16, S/16, 256) and no
-        mask prompt, a pytree to pass as `predict_masks(..., decoder_cache=)`."""
-        self._check_embeddings(image_embeddings)
-        _, dense = self.prompt_encoder(image_embeddings.shape[0])
-        pe = self.prompt_encoder.dense_pe()
-        return self.mask_decoder.prepare_image(image_embeddings + dense, pe)
-
     def predict_masks(
         self,
         image_embeddings: jnp.ndarray,
@@ -128,27 +89,20 @@ class Sam(nn.Module):
         boxes: jnp.ndarray | None = None,
         mask_inputs: jnp.ndarray | None = None,
         multimask_output: bool = True,
-        decoder_cache: ImageCache | None = None,
     ) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """Mask logits (B, M, S/4, S/4) and IoU (B, M); M = 3 if multimask_output else 1.
-
-        decoder_cache: `prepare_decoder(image_embeddings)`, whose work is then not redone
-        (mask_inputs change the image side: with them it is recomputed). With a cache, the
-        prompts set B, and image_embeddings and the cache may have batch 1 (one image,
-        B prompts). The result is the same as without it, up to float rounding.
-        """
-        self._check_embeddings(image_embeddings)
+        """Mask logits (B, M, S/4, S/4) and IoU (B, M); M = 3 if multimask_output else 1."""
+        g = self.config.embed_size
+        d = self.config.prompt_embed_dim
+        if image_embeddings.ndim != 4 or image_embeddings.shape[1:] != (g, g, d):
+            raise ValueError(
+                f"image_embeddings must be (B, {g}, {g}, {d}); got {image_embeddings.shape}"
+            )
         b = image_embeddings.shape[0]
-        if decoder_cache is not None:
-            b = prompt_batch(point_coords, boxes, mask_inputs, decoder_cache.image.shape[0])
-            check_shared_batch("image_embeddings", image_embeddings.shape[0], b)
-            check_shared_batch("decoder_cache", decoder_cache.image.shape[0], b)
         check_prompts(b, point_coords, point_labels, boxes, mask_inputs)
         sparse, dense = self.prompt_encoder(b, point_coords, point_labels, boxes, mask_inputs)
-        if decoder_cache is None or mask_inputs is not None:
-            pe = self.prompt_encoder.dense_pe()
-            decoder_cache = self.mask_decoder.prepare_image(image_embeddings + dense, pe)
-        masks, iou = self.mask_decoder.decode(decoder_cache, sparse)
+        masks, iou = self.mask_decoder(
+            image_embeddings, self.prompt_encoder.dense_pe(), sparse, dense
+        )
         keep = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, keep], iou[:, keep]
 

@@ -3,8 +3,6 @@
 feats = model.apply(params, images, method="encode_image")       # dict, see encode_image
 logits, iou, obj = model.apply(params, feats, point_coords=..., method="predict_masks")
 out = model.apply(params, feats["vision_features"], ..., method="forward_sam_heads")
-cache = model.apply(params, feats, method="prepare_decoder")     # then, per prompt batch:
-logits, iou, obj = model.apply(params, feats, ..., decoder_cache=cache, method="predict_masks")
 
 Parameters mirror the torch SAM2Model (`image_encoder.trunk.*`, `sam_mask_decoder.*`,
 `memory_attention.*`, ...), so every checkpoint key maps to a Flax path generically.
@@ -24,9 +22,8 @@ from sam_jax.models.memory_attention import MemoryAttention
 from sam_jax.models.memory_encoder import MemoryEncoder
 from sam_jax.models.prompt_encoder import PromptEncoder
 from sam_jax.models.resize import linear_weights, resize_bilinear_antialias
-from sam_jax.models.sam import check_prompts, check_shared_batch, prompt_batch
+from sam_jax.models.sam import check_prompts
 from sam_jax.models.sam2_mask_decoder import Sam2MaskDecoder, take_best
-from sam_jax.models.two_way_transformer import ImageCache
 
 # Logit written where the object score says "no object" (the reference's NO_OBJ_SCORE).
 NO_OBJ_SCORE = -1024.0
@@ -142,7 +139,6 @@ class Sam2(nn.Module):
         mask_inputs: jnp.ndarray | None = None,
         high_res_features: list[jnp.ndarray] | None = None,
         multimask_output: bool = False,
-        decoder_cache: ImageCache | None = None,
     ) -> SamHeadsOutput:
         """The reference's `_forward_sam_heads`.
 
@@ -153,10 +149,6 @@ class Sam2(nn.Module):
         The prompt encoder always appends one more padding point, as in the reference.
         mask_inputs (B, m, m, 1) logits; resized (bilinear, antialiased) to S/4 if m differs.
         high_res_features: encode_image's, or None to decode without the skips.
-        decoder_cache: the decoder's image-side step for these backbone_features and no mask
-        prompt (`prepare_decoder` in image mode); used unless mask_inputs are given. With it
-        the prompts set B, and backbone_features, high_res_features and the cache may have
-        batch 1 (one image, B prompts).
         """
         cfg = self.config
         g, d = cfg.embed_size, cfg.d_model
@@ -165,10 +157,6 @@ class Sam2(nn.Module):
                 f"backbone_features must be (B, {g}, {g}, {d}); got {backbone_features.shape}"
             )
         b = backbone_features.shape[0]
-        if decoder_cache is not None:
-            b = prompt_batch(point_coords, None, mask_inputs, decoder_cache.image.shape[0])
-            check_shared_batch("backbone_features", backbone_features.shape[0], b)
-            check_shared_batch("decoder_cache", decoder_cache.image.shape[0], b)
         check_prompts(b, point_coords, point_labels, None, mask_inputs)
         if point_coords is None:
             point_coords = jnp.zeros((b, 1, 2), jnp.float32)
@@ -178,11 +166,13 @@ class Sam2(nn.Module):
             mask_inputs = resize_bilinear_antialias(mask_inputs.astype(jnp.float32), (m, m))
 
         sparse, dense = self.sam_prompt_encoder(b, point_coords, point_labels, None, mask_inputs)
-        if decoder_cache is None or mask_inputs is not None:
-            pe = self.sam_prompt_encoder.dense_pe()
-            decoder_cache = self.sam_mask_decoder.prepare_image(backbone_features + dense, pe)
-        masks, ious, tokens, obj_logits = self.sam_mask_decoder.decode(
-            decoder_cache, sparse, high_res_features, multimask_output
+        masks, ious, tokens, obj_logits = self.sam_mask_decoder(
+            backbone_features,
+            self.sam_prompt_encoder.dense_pe(),
+            sparse,
+            dense,
+            high_res_features,
+            multimask_output,
         )
         # A hard object / no-object decision gates the masks (and memory) ...
         is_obj = obj_logits > 0  # (b, 1)
@@ -205,22 +195,6 @@ class Sam2(nn.Module):
         obj_ptr = lam * obj_ptr + (1 - lam) * self.no_obj_ptr
         return SamHeadsOutput(masks, high, ious, low_best, high_best, obj_ptr, obj_logits)
 
-    def _image_mode_features(self, features: dict) -> jnp.ndarray:
-        """The "no memory" state of a first frame: the learned no-memory token is added."""
-        emb = features["vision_features"]
-        return emb + self.no_mem_embed.reshape(1, 1, 1, -1).astype(emb.dtype)
-
-    def prepare_decoder(self, features: dict) -> ImageCache:
-        """The mask decoder's image-side step in image mode (encode_image's features, no mask
-        prompt), a pytree to pass as `predict_masks(..., decoder_cache=)`."""
-        emb = self._image_mode_features(features)
-        g, d = self.config.embed_size, self.config.d_model
-        if emb.ndim != 4 or emb.shape[1:] != (g, g, d):
-            raise ValueError(f"vision_features must be (B, {g}, {g}, {d}); got {emb.shape}")
-        _, dense = self.sam_prompt_encoder(emb.shape[0])
-        pe = self.sam_prompt_encoder.dense_pe()
-        return self.sam_mask_decoder.prepare_image(emb + dense, pe)
-
     def predict_masks(
         self,
         features: dict,
@@ -229,7 +203,6 @@ class Sam2(nn.Module):
         boxes: jnp.ndarray | None = None,
         mask_inputs: jnp.ndarray | None = None,
         multimask_output: bool = True,
-        decoder_cache: ImageCache | None = None,
     ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
         """Image mode. features: encode_image's dict (vision_features and high_res_features
         are read). Prompts as for SAM: point_coords (B, N, 2) pixels, point_labels (B, N),
@@ -237,16 +210,12 @@ class Sam2(nn.Module):
 
         Returns logits (B, M, S/4, S/4) (-1024 where the object score is <= 0), iou (B, M)
         and object_score_logits (B, 1); M = 3 if multimask_output else 1.
-
-        decoder_cache: `prepare_decoder(features)`, as for SAM: not recomputed unless
-        mask_inputs are given; the prompts then set B and the features may have batch 1.
         """
-        emb = self._image_mode_features(features)
+        emb = features["vision_features"]
         b = emb.shape[0]
-        if decoder_cache is not None:
-            b = prompt_batch(point_coords, boxes, mask_inputs, decoder_cache.image.shape[0])
-            check_shared_batch("features", emb.shape[0], b)
         check_prompts(b, point_coords, point_labels, boxes, mask_inputs)
+        # The "no memory" state of a first frame: the learned no-memory token is added.
+        emb = emb + self.no_mem_embed.reshape(1, 1, 1, -1).astype(emb.dtype)
         if boxes is not None:
             # SAM 2 feeds a box as its two corners, labelled 2 and 3, before the clicks.
             corners = boxes.astype(jnp.float32).reshape(b, 2, 2)
@@ -265,7 +234,6 @@ class Sam2(nn.Module):
             mask_inputs,
             list(features["high_res_features"]),
             multimask_output,
-            decoder_cache,
         )
         return out.low_res_multimasks, out.ious, out.object_score_logits
 

@@ -1,9 +1,4 @@
-"""SAM 2's mask decoder: SAM's decoder plus high-resolution skips and an object-score token.
-
-Two steps, as SAM's decoder: `prepare_image` once per image (the transformer's first-layer
-image projections; the high-resolution skips are projected by the image encoder), `decode`
-per batch of prompts; calling the module does both.
-"""
+"""SAM 2's mask decoder: SAM's decoder plus high-resolution skips and an object-score token."""
 
 from __future__ import annotations
 
@@ -11,7 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from sam_jax.models.layers import MLP, ConvTranspose2x2, Table, gelu, layer_norm
-from sam_jax.models.two_way_transformer import ImageCache, TwoWayTransformer
+from sam_jax.models.two_way_transformer import TwoWayTransformer
 
 
 def stability_scores(mask_logits: jnp.ndarray, delta: float) -> jnp.ndarray:
@@ -45,7 +40,7 @@ class Sam2MaskDecoder(nn.Module):
         d = self.transformer_dim
         self.num_mask_tokens = self.num_multimask_outputs + 1
         self.transformer = TwoWayTransformer(
-            d, self.depth, self.num_heads, self.mlp_dim, sam2_mlp_names=True
+            self.depth, self.num_heads, self.mlp_dim, sam2_mlp_names=True
         )
         self.iou_token = Table(1, d)
         self.mask_tokens = Table(self.num_mask_tokens, d)
@@ -71,25 +66,23 @@ class Sam2MaskDecoder(nn.Module):
         """(B, 4h, 4w, D), (B, 2h, 2w, D) -> (B, 4h, 4w, D/8), (B, 2h, 2w, D/4)."""
         return self.conv_s0(feat_s0), self.conv_s1(feat_s1)
 
-    def prepare_image(self, image_embeddings: jnp.ndarray, image_pe: jnp.ndarray) -> ImageCache:
-        """The prompt-independent step. image_embeddings (Bi, h, w, D) with the dense prompt
-        embedding already added, image_pe (h, w, D)."""
-        return self.transformer.prepare(image_embeddings, image_pe)
-
-    def decode_all(
+    def predict_all(
         self,
-        cache: ImageCache,
+        image_embeddings: jnp.ndarray,
+        image_pe: jnp.ndarray,
         sparse: jnp.ndarray,
+        dense: jnp.ndarray,
         high_res_features: list[jnp.ndarray] | None,
     ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-        """Every output token's result for prompts on `cache` (batch 1 or B).
+        """Every output token's result.
 
-        sparse (B, N, D); high_res_features [(1 or B, 4h, 4w, D/8), (1 or B, 2h, 2w, D/4)]
-        (already projected) or None. Returns masks (B, T, 4h, 4w), iou (B, T), mask tokens
-        (B, T, D), object score (B, 1), T = 1 + num_multimask_outputs.
+        image_embeddings (B, h, w, D), image_pe (h, w, D), sparse (B, N, D), dense (B, h, w, D),
+        high_res_features [(B, 4h, 4w, D/8), (B, 2h, 2w, D/4)] (already projected) or None.
+        Returns masks (B, T, 4h, 4w), iou (B, T), mask tokens (B, T, D), object score (B, 1),
+        T = 1 + num_multimask_outputs.
         """
-        b = sparse.shape[0]
-        _, h, w, d = cache.image.shape
+        d = self.transformer_dim
+        b, h, w, _ = image_embeddings.shape
         # Order matters: object-score token, IoU token, then the mask tokens.
         output_tokens = jnp.concatenate(
             [self.obj_score_token(), self.iou_token(), self.mask_tokens()]
@@ -97,7 +90,7 @@ class Sam2MaskDecoder(nn.Module):
         tokens = jnp.concatenate(
             [jnp.broadcast_to(output_tokens, (b, *output_tokens.shape)), sparse], axis=1
         )
-        hs, src = self.transformer.decode(cache, tokens)
+        hs, src = self.transformer(image_embeddings + dense, image_pe, tokens)
         obj_token_out = hs[:, 0]
         iou_token_out = hs[:, 1]
         mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens]
@@ -122,22 +115,25 @@ class Sam2MaskDecoder(nn.Module):
         object_score_logits = self.pred_obj_score_head(obj_token_out)
         return masks, iou, mask_tokens_out, object_score_logits
 
-    def decode(
+    def __call__(
         self,
-        cache: ImageCache,
+        image_embeddings: jnp.ndarray,
+        image_pe: jnp.ndarray,
         sparse: jnp.ndarray,
+        dense: jnp.ndarray,
         high_res_features: list[jnp.ndarray] | None = None,
         multimask_output: bool = True,
     ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-        """The prompt step: masks (B, M, 4h, 4w), iou (B, M), pointer tokens (B, M_t, D),
-        object score (B, 1) for sparse tokens (B, N, D) on `cache` (see `decode_all`).
+        """Masks (B, M, 4h, 4w), iou (B, M), pointer tokens (B, M_t, D), object score (B, 1).
 
         Multimask: the 3 multimask outputs and their 3 tokens. Otherwise one mask: the
         single-mask output where its stability score reaches `stability_thresh`, else the
         multimask output of highest IoU; the pointer token is then always the single-mask
         token (the reference trains the object pointer on that token).
         """
-        masks, iou, tokens, obj = self.decode_all(cache, sparse, high_res_features)
+        masks, iou, tokens, obj = self.predict_all(
+            image_embeddings, image_pe, sparse, dense, high_res_features
+        )
         if multimask_output:
             return masks[:, 1:], iou[:, 1:], tokens[:, 1:], obj
         best = jnp.argmax(iou[:, 1:], axis=-1)
@@ -148,17 +144,3 @@ class Sam2MaskDecoder(nn.Module):
         masks_out = jnp.where(stable[..., None, None], single_masks, best_masks)
         iou_out = jnp.where(stable, single_iou, best_iou)
         return masks_out, iou_out, tokens[:, :1], obj
-
-    def __call__(
-        self,
-        image_embeddings: jnp.ndarray,
-        image_pe: jnp.ndarray,
-        sparse: jnp.ndarray,
-        dense: jnp.ndarray,
-        high_res_features: list[jnp.ndarray] | None = None,
-        multimask_output: bool = True,
-    ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-        """`decode` of `prepare_image(image_embeddings + dense, image_pe)`: image_embeddings
-        and dense (B, h, w, D), image_pe (h, w, D), sparse (B, N, D)."""
-        cache = self.prepare_image(image_embeddings + dense, image_pe)
-        return self.decode(cache, sparse, high_res_features, multimask_output)

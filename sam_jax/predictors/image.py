@@ -17,9 +17,9 @@ prompts K (powers of two); the resize to the original size once per image size a
 Changing only the values of prompts never recompiles. The number of points is NOT padded:
 padding tokens would take part in the decoder's attention and change the masks.
 
-The decoder's prompt-independent step (`prepare_decoder` of the model) runs once per image
-in `set_image`; each `predict` runs the model's `predict_masks` with that `decoder_cache`
-(mask inputs change the image side and recompute it), for SAM, MobileSAM and SAM 2 alike.
+For SAM / MobileSAM the decoder runs through `sam_jax.fast_decoder`, which does the
+prompt-independent part once per image and reorders the attention products (same result up
+to float rounding); mask inputs and SAM 2 models go through the model's `predict_masks`.
 
 The jitted pieces are module functions with the model as a static argument, so that every
 Predictor and MaskGenerator of equal models shares one compilation cache; `TRACE_COUNTS`
@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sam_jax import fast_decoder
 from sam_jax.predictors.prompts import check_prompts
 from sam_jax.predictors.resample import Taps, lerp, resample, unletterbox_taps
 from sam_jax.transforms import ceil_pow2, letterbox, letterbox_geometry
@@ -123,35 +124,44 @@ def encode(
     return model.apply(params, x[None], method="encode_image")
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _prepare_decoder(model, params, features):
-    TRACE_COUNTS["prepare_decoder"] += 1
-    return model.apply(params, features, method="prepare_decoder")
-
-
-@functools.partial(jax.jit, static_argnums=(0, 8))
-def _decode(model, params, features, cache, coords, labels, boxes, masks, multimask_output):
+@functools.partial(jax.jit, static_argnums=(0, 7))
+def _decode(model, params, features, coords, labels, boxes, masks, multimask_output):
     """Prompts with a leading axis K -> (logits (K, M, m, m), iou (K, M)); the features of the
-    one image and its decoder cache are shared by the K prompts."""
+    one image are shared by the K prompts."""
     TRACE_COUNTS["decode"] += 1
+    k = next((a.shape[0] for a in (coords, boxes, masks) if a is not None), 1)
+    feats = jax.tree_util.tree_map(lambda f: jnp.broadcast_to(f, (k, *f.shape[1:])), features)
     out = model.apply(
         params,
-        features,
+        feats,
         point_coords=coords,
         point_labels=labels,
         boxes=boxes,
         mask_inputs=masks,
         multimask_output=multimask_output,
-        decoder_cache=cache,
         method="predict_masks",
     )
     return out[0], out[1]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _image_cache(model, params, features):
+    TRACE_COUNTS["image_cache"] += 1
+    return fast_decoder.image_cache(model, params, features)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _fast_decode(model, params, cache, coords, labels, boxes, multimask_output):
+    """As `_decode`, through `fast_decoder` with the per-image work cached."""
+    TRACE_COUNTS["fast_decode"] += 1
+    return fast_decoder.decode(model, params, cache, coords, labels, boxes, multimask_output)
+
+
 def decoder_cache(model: Any, params: Any, features: Any) -> Any:
-    """The decoder's per-image work for the features of one image (the model's
-    `prepare_decoder`), to pass to `run_decoder`."""
-    return _prepare_decoder(model, params, features)
+    """Per-image decoder work for `fast_decoder` (SAM / MobileSAM), else None."""
+    if not fast_decoder.supported(model):
+        return None
+    return _image_cache(model, params, features)
 
 
 def run_decoder(
@@ -166,9 +176,11 @@ def run_decoder(
     multimask_output: bool,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """K prompts in the letterboxed frame (coords (K, N, 2), labels (K, N), boxes (K, 4),
-    masks (K, m, m, 1)) on one image (features and `decoder_cache` of batch 1) ->
-    (logits (K, M, m, m), iou (K, M)), M = 3 with multimask_output else 1."""
-    return _decode(model, params, features, cache, coords, labels, boxes, masks, multimask_output)
+    masks (K, m, m, 1)) on one image -> (logits (K, M, m, m), iou (K, M)), M = 3 with
+    multimask_output else 1. Uses the cached fast path where it applies."""
+    if cache is not None and masks is None and (coords is not None or boxes is not None):
+        return _fast_decode(model, params, cache, coords, labels, boxes, multimask_output)
+    return _decode(model, params, features, coords, labels, boxes, masks, multimask_output)
 
 
 @jax.jit
