@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
 
@@ -18,23 +19,10 @@ from sam_jax.data import (
     VideoSample,
     open_dataset,
 )
+from tests.drawn_masks import H, W, ellipse, rect
 
-mask_utils = pytest.importorskip("pycocotools.mask")
 # pycocotools' decode under numpy 2 warns about its own __array__; nothing of ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-H, W = 40, 56
-
-
-def rect(y0, y1, x0, x1, h=H, w=W):
-    m = np.zeros((h, w), bool)
-    m[y0:y1, x0:x1] = True
-    return m
-
-
-def ellipse(cy, cx, ry, rx, h=H, w=W):
-    y, x = np.mgrid[:h, :w]
-    return ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0
 
 
 def image_of(masks, h=H, w=W, seed=0):

@@ -15,20 +15,7 @@ from sam_jax.data import (
     sample_objects,
 )
 from sam_jax.transforms import letterbox, letterbox_geometry
-
-H, W = 40, 56
-
-
-def rect(y0, y1, x0, x1, h=H, w=W):
-    m = np.zeros((h, w), bool)
-    m[y0:y1, x0:x1] = True
-    return m
-
-
-def ellipse(cy, cx, ry, rx, h=H, w=W):
-    y, x = np.mgrid[:h, :w]
-    return ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0
-
+from tests.drawn_masks import H, W, ellipse, rect
 
 # --------------------------------------------------------------------------- samples
 
