@@ -17,10 +17,10 @@ import pytest
 
 import sam_jax
 from sam_jax.checkpoint import build_from_config, variable_shapes
-from sam_jax.config import SAM2_1, Sam2Config, SamConfig, TinyViTConfig, ViTConfig
+from sam_jax.config import SAM2_1, Sam2Config, SamConfig, ViTConfig
 from sam_jax.projects.shapes.synthetic import scene, video
 from sam_jax.train.step import TrainState, interactive_loss, make_optimizer, make_train_step
-from tests.tiny_configs import SMALL_HIERA, random_variables
+from tests.tiny_configs import SMALL_HIERA, SMALL_TINY_VIT, random_variables
 
 BF16 = jnp.bfloat16
 
@@ -34,13 +34,7 @@ CASES = {
         image_size=256,
     ),
     "tiny_vit": SamConfig(
-        encoder=TinyViTConfig(
-            embed_dims=(32, 48, 64, 320),
-            depths=(1, 1, 2, 1),
-            num_heads=(1, 2, 2, 4),
-            window_sizes=(7, 8, 14, 16),
-            num_classes=10,
-        ),
+        encoder=SMALL_TINY_VIT,
         image_size=256,
     ),
     "sam2": Sam2Config(encoder=SMALL_HIERA, image_size=128, **SAM2_1),

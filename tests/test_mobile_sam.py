@@ -24,6 +24,7 @@ from sam_jax.convert.export import export_torch  # noqa: E402
 from sam_jax.convert.keymap import flax_to_torch, state_dict_to_variables, torch_key  # noqa: E402
 from sam_jax.models.sam import Sam  # noqa: E402
 from sam_jax.models.tiny_vit import TinyViT, attention_bias_index  # noqa: E402
+from tests.tiny_configs import SMALL_TINY_VIT  # noqa: E402
 
 try:  # tests/ may or may not be a package, depending on how pytest is pointed at it
     from tests.reference import build_reference_sam, nchw, randomize_, rel_err, to_nchw
@@ -36,17 +37,7 @@ MASK_TOL = 1e-3
 # the 'params' collection holds exactly those (buffers and BatchNorm statistics live apart).
 MOBILE_SAM_TORCH_PARAMS = 10_130_092
 
-# Reduced TinyViT for speed. The windows cover the reference's three code paths: several
-# windows without padding (8 on 32 / 64), padded windows (14 on 16 / 32), and one window
-# equal to the whole grid (16 on 16). The last width stays 320 because the reference picks
-# the stride of its last patch merging from that width.
-SMALL = TinyViTConfig(
-    embed_dims=(32, 48, 64, 320),
-    depths=(1, 1, 2, 1),
-    num_heads=(1, 2, 2, 4),
-    window_sizes=(7, 8, 14, 16),
-    num_classes=10,
-)
+SMALL = SMALL_TINY_VIT  # reduced TinyViT for speed (tests/tiny_configs.py)
 
 
 def reference_tiny_vit(cfg: TinyViTConfig) -> torch.nn.Module:

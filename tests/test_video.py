@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from sam_jax.checkpoint import build_from_config, variable_shapes
-from sam_jax.config import SAM2_1, HieraConfig, Sam2Config, variant_config
+from sam_jax.config import SAM2_1, VARIANTS, HieraConfig, Sam2Config, variant_config
 from sam_jax.convert.keymap import state_dict_to_variables
 from sam_jax.predictors.video import VideoPredictor
 from sam_jax.tracking import apply_non_overlapping_constraints, bucket, make_track_step
@@ -43,14 +43,7 @@ IOU_MIN = 0.99
 
 SMALL = {
     "2.1": Sam2Config(
-        encoder=HieraConfig(
-            embed_dim=32,
-            num_heads=1,
-            stages=(1, 1, 2, 1),
-            global_att_blocks=(3,),
-            window_spec=(8, 4, 6, 3),
-            window_pos_embed_bkg_spatial_size=(7, 7),
-        ),
+        encoder=VARIANTS["sam2_tiny_shapes"].encoder,  # the bundled model's Hiera
         image_size=128,
         **SAM2_1,
     ),

@@ -7,7 +7,7 @@ import flax
 import numpy as np
 
 from sam_jax.checkpoint import variable_shapes
-from sam_jax.config import SAM2_1, HieraConfig, Sam2Config
+from sam_jax.config import SAM2_1, HieraConfig, Sam2Config, TinyViTConfig
 
 # A reduced Hiera with every structural case of the full ones (a pooled stage starting with
 # the previous window, padded windows, global blocks, 2-block and 1-block stages).
@@ -18,6 +18,18 @@ SMALL_HIERA = HieraConfig(
     global_att_blocks=(4, 7),
     window_spec=(8, 4, 6, 3),
     window_pos_embed_bkg_spatial_size=(7, 7),
+)
+
+# A reduced TinyViT whose windows cover the reference's three code paths: several windows
+# without padding (8 on 32 / 64), padded windows (14 on 16 / 32), and one window equal to the
+# whole grid (16 on 16). The last width stays 320 because the reference picks the stride of
+# its last patch merging from that width.
+SMALL_TINY_VIT = TinyViTConfig(
+    embed_dims=(32, 48, 64, 320),
+    depths=(1, 1, 2, 1),
+    num_heads=(1, 2, 2, 4),
+    window_sizes=(7, 8, 14, 16),
+    num_classes=10,
 )
 
 TINY2 = Sam2Config(

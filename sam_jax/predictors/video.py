@@ -229,13 +229,6 @@ class VideoPredictor:
 
     # ------------------------------------------------------------------ prompts
 
-    def _prompt_kind(self, tr: ObjectTrack, f: int) -> tuple[bool, bool, bool]:
-        """(is_init_cond_frame, reverse, is_cond) of a prompt on frame f."""
-        is_init = f not in tr.tracked
-        reverse = False if is_init else tr.tracked[f]
-        is_cond = is_init or self.add_all_frames_to_correct_as_cond or f in tr.cond
-        return is_init, reverse, is_cond
-
     def add_new_points_or_box(
         self,
         state: VideoState,
@@ -284,7 +277,7 @@ class VideoPredictor:
         tr.points[f] = (coords, labs)
         tr.masks.pop(f, None)
 
-        is_init, reverse, is_cond = self._prompt_kind(tr, f)
+        is_init, reverse, is_cond = tr.prompt_kind(f, self.add_all_frames_to_correct_as_cond)
         prev = tr.current_low_res(state.history, f)
         vis, h0, h1 = self._features(state, f)
         if is_init:  # no memory is used: an empty bank of the smallest shape
@@ -328,7 +321,7 @@ class VideoPredictor:
         tr = state.track(obj_id)
         tr.masks[f] = boxed
         tr.points.pop(f, None)
-        _, _, is_cond = self._prompt_kind(tr, f)
+        _, _, is_cond = tr.prompt_kind(f, self.add_all_frames_to_correct_as_cond)
         vis, h0, h1 = self._features(state, f)
         low, ptr, score = self._mask_prompt(vis, h0, h1, jnp.asarray(boxed)[None])
         tr.temp[f] = PromptOutput(np.asarray(low[0]), np.asarray(ptr[0]), float(score[0]), is_cond)

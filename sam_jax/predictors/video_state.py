@@ -51,6 +51,14 @@ class ObjectTrack:
     prompted: set = field(default_factory=set)
     tracked: dict = field(default_factory=dict)
 
+    def prompt_kind(self, f: int, correct_as_cond: bool) -> tuple[bool, bool, bool]:
+        """(is_init_cond_frame, reverse, is_cond) of a prompt on frame f: a frame not yet
+        tracked starts a conditioning frame; a correction is one only if `correct_as_cond`
+        or the frame already is one."""
+        is_init = f not in self.tracked
+        reverse = False if is_init else self.tracked[f]
+        return is_init, reverse, is_init or correct_as_cond or f in self.cond
+
     def current_low_res(self, history: FrameHistory, f: int) -> np.ndarray | None:
         """The newest (m, m) logits on frame f: a prompt's since the last propagation, a
         conditioning frame's, else the history's; None if the object has none there."""
