@@ -510,3 +510,138 @@ def test_clip_remat_frames_changes_memory_not_results(tiny_sam2):
         # float32 rounding: the frames' matmuls are batched differently
         atol = 1e-5 * max(1.0, float(np.abs(b).max()))
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=atol)
+
+
+def test_empty_targets_get_padding_prompts_and_rows_draw_alone():
+    """An empty target (a padding object) is prompted by padding points only, finite; with
+    per_row, a row's prompt is the one it gets on its own, whatever the batch around it."""
+    target = jnp.zeros((3, 16, 16), bool).at[0, 4:10, 6:12].set(True).at[2, 1:5, 1:5].set(True)
+    keys = jax.random.split(jax.random.key(0), 3)
+    coords, labels = clicks.per_row(clicks.first_prompt, keys, target)
+    assert bool((labels[1] == -1).all()) and bool(jnp.isfinite(coords).all())
+    assert bool((labels[0] != -1).any()) and bool((labels[2] != -1).any())
+    for i in (0, 2):
+        alone = clicks.first_prompt(keys[i], target[i : i + 1])
+        np.testing.assert_array_equal(coords[i], alone[0][0])
+        np.testing.assert_array_equal(labels[i], alone[1][0])
+
+
+def test_sam_loss_weights_leave_padding_out():
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(rng.normal(size=(3, 3, 8, 8)), jnp.float32)
+    iou = jnp.asarray(rng.uniform(size=(3, 3)), jnp.float32)
+    target = jnp.asarray(rng.uniform(size=(3, 8, 8)) > 0.5)
+    w = jnp.array([1.0, 1.0, 0.0])
+    weighted, met = losses.sam_loss(logits, iou, target, weights=w)
+    two, met2 = losses.sam_loss(logits[:2], iou[:2], target[:2])
+    np.testing.assert_allclose(float(weighted), float(two), rtol=1e-6)
+    np.testing.assert_allclose(float(met["iou"]), float(met2["iou"]), rtol=1e-6)
+    g = jax.grad(lambda lg: losses.sam_loss(lg, iou, target, weights=w)[0])(logits)
+    assert not np.any(np.asarray(g[2]))
+    g0 = jax.grad(lambda lg: losses.sam_loss(lg, iou, target, weights=0 * w)[0])(logits)
+    assert float(losses.sam_loss(logits, iou, target, weights=0 * w)[0]) == 0.0
+    assert not np.any(np.asarray(g0)) and bool(jnp.isfinite(g0).all())
+
+
+def _loss_and_grads(model, variables, images, targets, key, valid=None):
+    from sam_jax.train.step import interactive_loss
+
+    def loss(params):
+        v = {**variables, "params": params}
+        return interactive_loss(model, v, images, targets, key, 1, valid=valid)
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+
+
+def test_padding_objects_add_no_loss_gradient_or_metric():
+    """Targets (B=2, K=2) whose last object is padding (valid False) give the loss,
+    gradients and metrics of the 3 real objects alone (as three one-object rows), whatever
+    the padding slot holds (garbage or an empty mask: no NaN from its prompts)."""
+    model = build_from_config(TINY)
+    variables = random_variables(model)
+    x, _ = scene_batch(2)
+    objs = np.stack([scene(i, 64)[1][:2] for i in range(2)])  # (2, K=2, S, S)
+    valid = np.array([[True, True], [True, False]])
+    key = jax.random.key(7)
+    garbage = objs.copy()
+    garbage[1, 1] = np.random.default_rng(0).uniform(size=(64, 64)) > 0.5
+    empty = objs.copy()
+    empty[1, 1] = False
+    rows = np.stack([objs[0, 0], objs[0, 1], objs[1, 0]])  # the flattened order, padding last
+    (want, met_w), g_want = _loss_and_grads(model, variables, x[[0, 0, 1]], rows, key)
+    for padded in (garbage, empty):
+        (got, met), g = _loss_and_grads(model, variables, x, padded, key, valid)
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+        for name in ("iou_first", "iou_last"):
+            np.testing.assert_allclose(float(met[name]), float(met_w[name]), rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_want), strict=True):
+            assert bool(jnp.isfinite(a).all())
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(b).max()))
+    with pytest.raises(ValueError, match="valid must be"):
+        _loss_and_grads(model, variables, x, objs, key, valid[:, :1])
+
+
+def test_valid_is_split_with_the_targets_when_accumulating():
+    """make_train_step(..., accumulate=2) with valid: micro-batch i gets rows i*b.. of valid
+    too; the update is the mean of the micro-batches' gradients with their own masks."""
+    import optax
+
+    from sam_jax.train.step import trainable_labels
+
+    model = build_from_config(TINY)
+    variables = random_variables(model)
+    labels = trainable_labels(variables["params"], "decoder")
+    tx = optax.multi_transform({"train": optax.sgd(1.0), "freeze": optax.set_to_zero()}, labels)
+    step = make_train_step(model, tx, num_corrections=1, accumulate=2)
+    x, _ = scene_batch(2)
+    objs = np.stack([scene(i, 64)[1][:2] for i in range(2)])
+    valid = np.array([[True, False], [True, True]])
+    key = jax.random.key(9)
+    state, met = step(TrainState.create(variables, tx), x, objs, key, valid)
+    micro = [
+        _loss_and_grads(
+            model,
+            variables,
+            x[i : i + 1],
+            objs[i : i + 1],
+            jax.random.fold_in(key, i),
+            valid[i : i + 1],
+        )[1]["mask_decoder"]
+        for i in range(2)
+    ]
+    want = jax.tree.map(
+        lambda p, a, b: p - (a + b) / 2, variables["params"]["mask_decoder"], *micro
+    )
+    got = state.variables["params"]["mask_decoder"]
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
+
+
+def test_step_from_precomputed_embeddings_equals_the_step_from_images(tiny_sam2):
+    """A decoder-only step (accumulating 2 micro-batches, so the embeddings' leading axis
+    is split) from `encode_image`'s output gives the new parameters of the step from the
+    images; SAM 2's dict of features gives the loss of its images."""
+    import optax
+
+    from sam_jax.train.step import interactive_loss, trainable_labels
+
+    model = build_from_config(TINY)
+    variables = random_variables(model)
+    labels = trainable_labels(variables["params"], "decoder")
+    tx = optax.multi_transform({"train": optax.sgd(1.0), "freeze": optax.set_to_zero()}, labels)
+    step = make_train_step(model, tx, num_corrections=1, accumulate=2)
+    x, t = scene_batch(2)
+    key = jax.random.key(4)
+    emb = jax.jit(lambda x: model.apply(variables, x, method="encode_image"))(x)
+    from_images, m1 = step(TrainState.create(variables, tx), x, t, key)
+    from_emb, m2 = step(TrainState.create(variables, tx), emb, t, key)
+    np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-5)
+    a, b = from_images.variables["params"], from_emb.variables["params"]
+    assert _changed_modules(variables["params"], jax.device_get(b)) == {"mask_decoder"}
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
+
+    model2, variables2 = tiny_sam2
+    feats = jax.jit(lambda x: model2.apply(variables2, x, method="encode_image"))(x)
+    loss = jax.jit(lambda im: interactive_loss(model2, variables2, im, t, key, 1)[0])
+    np.testing.assert_allclose(float(loss(feats)), float(loss(x)), rtol=1e-5)

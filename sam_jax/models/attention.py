@@ -142,25 +142,42 @@ def _reference(q, k, v, bias, rel_pos, key_mask, scale):
 
     Logits, softmax statistics and the normalisation are float32 whatever the inputs; for
     bfloat16 inputs the probabilities meet v in bfloat16 (float32 accumulation), as the
-    blocked path does, and the output is cast back to q's dtype."""
+    blocked path does, and the output is cast back to q's dtype.
+
+    Both products run head-major, (B, H, N, D), on the small operands' transposes: left to
+    itself XLA:CPU transposes the (H, Nq, Nk) probabilities instead. The scale goes on q
+    (as the reference ViT applies it), so the logits are never rescaled in a pass of their
+    own. With rel_pos the softmax runs over the keys as a (kh, kw) grid: the row and column
+    terms then broadcast along plain axes, where a flat key axis would cost every logit an
+    index division.
+    """
     f32 = jnp.float32
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=f32) * scale
+    heads_first = lambda x: x.transpose(0, 2, 1, 3)
+    q = heads_first((q.astype(f32) * scale).astype(q.dtype))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, heads_first(k), preferred_element_type=f32)
+    b, heads, nq, nk = logits.shape
+    grid = (nk,) if rel_pos is None else (rel_pos[0].shape[-1], rel_pos[1].shape[-1])
+    keys = tuple(range(-len(grid), 0))
+
+    def on_grid(x):  # (..., Nk or 1) -> (..., *grid) or (..., 1, ..., 1)
+        x = x.reshape((1,) * (4 - x.ndim) + x.shape)
+        return x.reshape(*x.shape[:-1], *(grid if x.shape[-1] == nk else (1,) * len(grid)))
+
+    logits = on_grid(logits)
     if rel_pos is not None:
         rel_h, rel_w = rel_pos
-        b, heads, nq, nk = logits.shape
-        kh, kw = rel_h.shape[-1], rel_w.shape[-1]
-        logits = logits.reshape(b, heads, nq, kh, kw) + rel_h[..., :, None] + rel_w[..., None, :]
-        logits = logits.reshape(b, heads, nq, nk)
+        logits = logits + rel_h[..., :, None] + rel_w[..., None, :]
     if bias is not None:
-        logits = logits + bias
+        logits = logits + on_grid(jnp.asarray(bias))
     if key_mask is not None:
-        logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
-    top = jnp.max(logits, axis=-1, keepdims=True)
+        logits = jnp.where(on_grid(key_mask[:, None, None, :]), logits, -jnp.inf)
+    top = jnp.max(logits, axis=keys, keepdims=True)
     top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0))  # all-masked rows
     e = jnp.exp(logits - top)
-    total = jnp.sum(e, axis=-1, keepdims=True)
-    out = jnp.einsum("bhqk,bkhc->bqhc", e.astype(v.dtype), v, preferred_element_type=f32)
-    return (out / jnp.where(total > 0, total, 1).transpose(0, 2, 1, 3)).astype(q.dtype)
+    total = jnp.sum(e, axis=keys).reshape(b, heads, nq, 1)
+    e = e.reshape(b, heads, nq, nk).astype(v.dtype)
+    out = jnp.einsum("bhqk,bhkc->bhqc", e, heads_first(v), preferred_element_type=f32)
+    return heads_first(out / jnp.where(total > 0, total, 1)).astype(q.dtype)
 
 
 def _cudnn(q, k, v, bias, rel_pos, key_mask, scale):

@@ -9,6 +9,9 @@ Everything is jit-able with static shapes: points are sampled with Gumbel-max ov
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,16 +55,32 @@ def first_prompt(key: jax.Array, target: jnp.ndarray, box_prob: float = 0.5):
 
     Returns point_coords (B, 2, 2), point_labels (B, 2): a positive click then either two
     box-corner points (labels 2, 3) or a padding point (-1), so one static shape serves both.
+    An empty target (a padding object) gets two padding points at (0, 0): finite, and no
+    prompt at all.
     """
     k1, k2, k3 = jax.random.split(key, 3)
-    point, _ = sample_pixel(k1, target)
+    point, found = sample_pixel(k1, target)
     box = noisy_box(k2, target)
     use_box = jax.random.bernoulli(k3, box_prob, (target.shape[0],))
     coords = jnp.where(
         use_box[:, None, None], box.reshape(-1, 2, 2), jnp.stack([point, jnp.zeros_like(point)], 1)
     )
     labels = jnp.where(use_box[:, None], jnp.array([2, 3]), jnp.array([1, -1]))
+    coords = jnp.where(found[:, None, None], coords, 0.0)
+    labels = jnp.where(found[:, None], labels, -1)
     return coords, labels.astype(jnp.int32)
+
+
+def per_row(fn: Callable, keys: jax.Array, *rows: Any) -> Any:
+    """fn(key, *arrays) on batches, with row i of every array drawn with keys[i] alone:
+    keys (B,) and arrays (B, ...). A row's draw then depends on its key, not on the batch
+    it sits in (a batch with padding rows draws the others' prompts as without them)."""
+
+    def one(key, *xs):
+        out = fn(key, *(x[None] for x in xs))
+        return jax.tree.map(lambda y: y[0], out)
+
+    return jax.vmap(one)(keys, *rows)
 
 
 def cell_centre(xy: jnp.ndarray, scale: float) -> jnp.ndarray:

@@ -40,6 +40,17 @@ def mask_iou(logits: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
 
 
+def weighted_mean(x: jnp.ndarray, weights: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Mean of x (B,) with weights (B,) (None: all 1). All-zero weights give 0, not NaN, so
+    a batch of only padding contributes nothing."""
+    if weights is None:
+        return jnp.mean(x)
+    w = weights.astype(x.dtype)
+    total = jnp.sum(w)
+    # where, not a multiply: a 0-weighted NaN or inf stays out of the sum
+    return jnp.sum(jnp.where(w > 0, w * x, 0.0)) / jnp.where(total > 0, total, 1.0)
+
+
 def sam_loss(
     logits: jnp.ndarray,
     iou_pred: jnp.ndarray,
@@ -49,6 +60,8 @@ def sam_loss(
     iou_weight: float = 1.0,
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
+    *,
+    weights: jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, dict]:
     """SAM's loss for logits (B, M, h, w), predicted IoU (B, M), target (B, h, w).
 
@@ -56,6 +69,8 @@ def sam_loss(
     actual IoU of every mask (the IoU head must rank all candidates). With focal_alpha=0.5
     and focal_gamma=0 the focal term is half the binary cross-entropy, which trains models
     from scratch more steadily (SAM's weights assume a pretrained encoder).
+    weights (B,): the loss and the metrics are means over examples weighted so (see
+    `weighted_mean`); a 0-weighted example (padding) adds nothing to them or to gradients.
     Returns (scalar loss, metrics dict).
     """
     t = jnp.broadcast_to(target[:, None].astype(logits.dtype), logits.shape)
@@ -66,9 +81,14 @@ def sam_loss(
     mask_loss = jnp.take_along_axis(per_mask, best[:, None], axis=1)[:, 0]
     actual_iou = jax.lax.stop_gradient(mask_iou(logits, t))
     iou_loss = jnp.mean((iou_pred - actual_iou) ** 2, axis=1)
-    loss = jnp.mean(mask_loss + iou_weight * iou_loss)
+    loss = weighted_mean(mask_loss + iou_weight * iou_loss, weights)
     best_iou = jnp.take_along_axis(actual_iou, best[:, None], axis=1)[:, 0]
-    return loss, {"loss": loss, "iou": jnp.mean(best_iou), "iou_mse": jnp.mean(iou_loss)}
+    metrics = {
+        "loss": loss,
+        "iou": weighted_mean(best_iou, weights),
+        "iou_mse": weighted_mean(iou_loss, weights),
+    }
+    return loss, metrics
 
 
 def object_score_loss(object_score_logits: jnp.ndarray, present: jnp.ndarray) -> jnp.ndarray:

@@ -1,0 +1,448 @@
+"""Fine-tune a SAM or SAM 2 checkpoint on an annotated dataset: the driver of `sam-jax finetune`.
+
+    summary = finetune(FinetuneOptions(checkpoint="sam_tiny_shapes", train="data/",
+                                       out="runs/a", steps=1000, val="val/"))
+
+What trains on what:
+* an image dataset (COCO, SA-1B, images/ + masks/) trains SAM or SAM 2 (image mode) with
+  `interactive_loss`: per image K objects, each from a click or a box plus corrective clicks;
+* a video dataset (DAVIS / MOSE layout) trains SAM 2 on clips through the tracking scan
+  with `clip_loss`.
+
+The run folder `out` receives options.json (what the run is), metrics.jsonl and
+TensorBoard events (`MetricsLog`), checkpoints/<step>/ (orbax: variables, optimizer state,
+step; the newest `keep_checkpoints` kept) and, at the end, final.safetensors: an ordinary
+model (LoRA adapters merged) that `sam_jax.load` reads.
+
+A run folder holds one run. Without `resume`, an `out` that already holds a run
+(options.json) is refused, whatever its options, so nothing is overwritten by accident.
+With `resume`, the run continues from its newest checkpoint (from step 0 when it has none)
+with the same data order and random draws: batch n and its key are functions of (seed, n)
+alone. The options must be the run's own, except those in RUN_ONLY.
+
+Embedding cache: when no image-encoder parameter trains (LoRA adapters included), the data
+are images and augmentation is off, each image is encoded once into an `EmbeddingCache`
+(in out/embeddings) and the step gets the embeddings instead of the images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from sam_jax.checkpoint import build_from_config, load, save
+from sam_jax.config import Sam2Config
+from sam_jax.data import open_dataset
+from sam_jax.data.augment import NO_AUGMENT, Augment
+from sam_jax.data.dataset import VideoDataset
+from sam_jax.data.loader import clip_loader, image_loader, images_at
+from sam_jax.evaluation.run import evaluate_model
+from sam_jax.train.batching import normalise
+from sam_jax.train.checkpoints import (
+    CHECKPOINTS_DIR,
+    TrainCheckpoints,
+    run_start_step,
+    write_run_record,
+)
+from sam_jax.train.lora import DEFAULT_TARGETS, LORA_TRAINABLE, LoraConfig, lora_init, lora_merge
+from sam_jax.train.metrics_log import MetricsLog
+from sam_jax.train.optimizer import TRAINABLE, make_optimizer, trainable_labels, trains
+from sam_jax.train.schedule import warmup_cosine
+from sam_jax.train.step import TrainState, interactive_loss, make_train_step
+from sam_jax.train.video_step import clip_loss
+
+FINAL_FILE = "final.safetensors"
+# Options that may differ when a run is resumed: they change what is logged, saved or
+# evaluated, not the parameters the run reaches.
+RUN_ONLY = frozenset(
+    {"resume", "val", "val_images", "eval_every", "save_every", "keep_checkpoints", "log_every"}
+    | {"quiet"}
+)
+_ENCODER = re.compile(r"(?:^|/)image_encoder/")
+
+
+def option(help: str, default: Any = dataclasses.MISSING, **cli: Any) -> Any:
+    """A dataclass field with its command-line help; `cli` may hold `flag` (when not
+    --field-name), `metavar`, `choices`."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FinetuneOptions:
+    """What `finetune` does. Defaults are the command line's."""
+
+    checkpoint: str = option("the checkpoint to start from (anything sam_jax.load reads)")
+    train: str = option("the training dataset (layout detected)", metavar="DATA")
+    out: str = option("the run folder", metavar="DIR")
+    steps: int = option("training steps (optimizer updates)", metavar="N")
+    val: str | None = option("a held-out dataset to evaluate on", None, metavar="DATA")
+    images: str | None = option("--train's COCO images folder", None, metavar="DIR")
+    val_images: str | None = option("--val's COCO images folder", None, metavar="DIR")
+    batch_size: int = option("images (videos: clips) per step", 4, metavar="B")
+    objects_per_image: int = option("objects per image (videos: per clip)", 4, metavar="K")
+    clip_len: int = option("videos: frames per training clip", 8, metavar="T")
+    trainable: tuple[str, ...] | None = option(
+        f"what trains: {', '.join(TRAINABLE)}, or glob patterns of parameter paths "
+        "('mask_decoder/*'); default decoder (images), all_but_encoder (videos); with "
+        "--lora, what trains besides the adapters (default nothing)",
+        None,
+        metavar="WHAT",
+    )
+    learning_rate: float = option("peak learning rate", 1e-4, flag="--lr", metavar="LR")
+    encoder_learning_rate: float | None = option(
+        "the image encoder's peak learning rate (--lr)", None, flag="--encoder-lr", metavar="LR"
+    )
+    layer_decay: float | None = option("image encoder: layer-wise rate decay", None, metavar="D")
+    weight_decay: float = option(
+        "AdamW weight decay (none on biases, norms, embeddings)", 0.1, metavar="WD"
+    )
+    clip_norm: float = option("gradient clipping: largest global norm", 1.0, metavar="NORM")
+    warmup: int | None = option(
+        "warm-up steps (a 20th), then cosine decay to 5%", None, metavar="N"
+    )
+    lora: int | None = option("train LoRA adapters of this rank", None, metavar="RANK")
+    lora_alpha: float | None = option("LoRA scale alpha / rank (alpha = rank)", None, metavar="A")
+    lora_targets: tuple[str, ...] = option(
+        "glob patterns of the kernels LoRA adapts (default: the image encoder's attention "
+        "and MLP kernels, the mask decoder's attention projections)",
+        DEFAULT_TARGETS,
+        metavar="GLOB",
+    )
+    accumulate: int = option(
+        "each step averages the gradients of N batches, run one after another", 1, metavar="N"
+    )
+    bf16: bool = option("compute in bfloat16 (parameters stay float32)", False)
+    remat: bool = option("recompute encoder blocks in the backward pass", False)
+    corrections: int | None = option(
+        "corrective clicks per prompt (default 2 images, 1 videos)", None, metavar="N"
+    )
+    hflip: float = option("augmentation: horizontal flip probability", 0.0, metavar="P")
+    scale: tuple[float, float] = option(
+        "augmentation: scale jitter range (1,1: off)", (1.0, 1.0), metavar="LO,HI"
+    )
+    brightness: float = option("augmentation: brightness jitter strength", 0.0, metavar="S")
+    contrast: float = option("augmentation: contrast jitter strength", 0.0, metavar="S")
+    saturation: float = option("augmentation: saturation jitter strength", 0.0, metavar="S")
+    seed: int = option("seed of the data order, objects, prompts, LoRA", 0, metavar="N")
+    eval_every: int = option(
+        "evaluate on --val every N steps; also before and after training", 500, metavar="N"
+    )
+    save_every: int = option("checkpoint every N steps (and at the end)", 500, metavar="N")
+    keep_checkpoints: int = option("checkpoints kept (the newest)", 3, metavar="N")
+    log_every: int = option("steps averaged into each metrics.jsonl record", 10, metavar="N")
+    resume: bool = option("continue the run in --out from its newest checkpoint", False)
+    quiet: bool = option("no progress bar", False)
+
+    def __post_init__(self) -> None:
+        at_least = {"steps": 1, "batch_size": 1, "objects_per_image": 1, "clip_len": 2}
+        at_least |= {"accumulate": 1, "save_every": 1, "keep_checkpoints": 1, "log_every": 1}
+        at_least |= {"eval_every": 0, "warmup": 0, "lora": 1, "corrections": 0}
+        for name, least in at_least.items():
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ValueError(f"{_flag(name)} must be at least {least}; got {value}")
+        for name in ("learning_rate", "encoder_learning_rate", "lora_alpha"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{_flag(name)} must be positive; got {getattr(self, name)}")
+        if self.trainable is not None and not self.trainable:
+            raise ValueError("--trainable needs a preset name or glob patterns")
+        self.augment()  # Augment checks its own settings
+
+    def augment(self) -> Augment:
+        """The training augmentation these options ask for."""
+        return Augment(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Augment)})
+
+
+def _flag(name: str) -> str:
+    field = {f.name: f for f in dataclasses.fields(FinetuneOptions)}[name]
+    return field.metadata.get("flag", "--" + name.replace("_", "-"))
+
+
+def options_record(options: FinetuneOptions) -> dict:
+    """The options that define a run (all but RUN_ONLY), as JSON values."""
+    record = dataclasses.asdict(options)
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in record.items() if k not in RUN_ONLY
+    }
+
+
+def _trainable(options: FinetuneOptions, params: Any, video: bool) -> Any:
+    """The trainable rule over the state's parameters (a LoRA tree with --lora), checked to
+    train something."""
+    names = options.trainable
+    if names is None:
+        rule = None if options.lora else TRAINABLE["all_but_encoder" if video else "decoder"]
+    elif len(names) == 1 and names[0] in TRAINABLE:
+        rule = TRAINABLE[names[0]]
+    else:
+        rule = (tuple(names), ())
+    paths = ["/".join(k) for k in flax.traverse_util.flatten_dict(params)]
+    if options.lora:
+        base = trains(rule) if rule is not None else lambda p: False
+        lora = trains(LORA_TRAINABLE)
+        rule = lambda p: lora(p) or (p.startswith("base/") and base(p[len("base/") :]))
+    if not any(trains(rule)(p) for p in paths):
+        roots = sorted({p.split("/")[0] for p in paths})
+        raise ValueError(
+            f"--trainable {' '.join(names or ())} names no parameter of this model; presets: "
+            f"{', '.join(TRAINABLE)}; parameter paths start with {', '.join(roots)}"
+        )
+    return rule
+
+
+def _schedule(options: FinetuneOptions, peak: float | None) -> optax.Schedule | None:
+    """Warm-up and cosine decay over the run's steps, peaking at `peak`."""
+    if peak is None:
+        return None
+    steps, warm = options.steps, options.warmup
+    if warm is None:
+        return warmup_cosine(peak, steps)
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warm, max(steps, warm + 1), peak * 0.05)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Setup:
+    """Everything a run needs besides its state: the model as loaded (saved and evaluated)
+    and as trained (remat, compute dtype), the data, the optimizer, the step."""
+
+    model: Any
+    variables: Any  # the model's variables as the state holds them (a LoRA tree with --lora)
+    transform: Any  # the state's parameters -> the model's (LoRA merge), or None
+    train: Any
+    val: Any
+    video: bool
+    tx: Any
+    schedule: optax.Schedule
+    step: Any
+    cache: Any  # an EmbeddingCache, or None
+
+
+def _data(options: FinetuneOptions) -> tuple[Any, Any]:
+    """(training dataset, validation dataset or None); the readers refuse empty ones."""
+    val, images = options.val, options.val_images
+    return (
+        open_dataset(options.train, images=options.images),
+        None if val is None else open_dataset(val, images=images),
+    )
+
+
+def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """(the root of the steps' keys, the LoRA initialisation's key): independent draws."""
+    steps, lora = jax.random.split(jax.random.key(seed))
+    return steps, lora
+
+
+def _lora(options: FinetuneOptions, variables: Any) -> tuple[Any, Any]:
+    """(variables as the state holds them, the parameter transform: the state's parameters
+    -> the model's, or None without --lora)."""
+    if not options.lora:
+        return variables, None
+    config = LoraConfig(
+        rank=options.lora, alpha=options.lora_alpha, targets=tuple(options.lora_targets)
+    )
+    tree = lora_init(variables["params"], config, _keys(options.seed)[1])
+    return {**variables, "params": tree}, functools.partial(lora_merge, config=config)
+
+
+def _uses_cache(options: FinetuneOptions, labels: Any, video: bool) -> bool:
+    """Whether every step may take cached image embeddings (module docstring)."""
+    flat = flax.traverse_util.flatten_dict(labels)
+    encoder_trains = any(v == "train" and _ENCODER.search("/".join(k)) for k, v in flat.items())
+    return not video and not encoder_trains and options.augment() == NO_AUGMENT
+
+
+def _embedding_cache(options: FinetuneOptions, model: Any, variables: Any, train: Any) -> Any:
+    """An EmbeddingCache of the training images, kept in out/embeddings."""
+    from sam_jax.train.embedding_cache import EmbeddingCache  # only where a run uses it
+
+    cfg = model.config
+    images_of = lambda idx: normalise(images_at(train, idx, cfg.image_size), cfg)
+    directory = Path(options.out) / "embeddings"
+    return EmbeddingCache(
+        model, variables, images_of, batch_size=options.batch_size, directory=directory
+    )
+
+
+def setup(options: FinetuneOptions) -> _Setup:
+    """Load the checkpoint and data and build the optimizer and step `options` ask for."""
+    o = options
+    train, val = _data(o)
+    model, variables = load(o.checkpoint)
+    video = isinstance(train, VideoDataset)
+    if video and not isinstance(model.config, Sam2Config):
+        raise ValueError(
+            f"{o.train} is a video dataset: it trains SAM 2 checkpoints, not {model.config.name}"
+        )
+    state_vars, transform = _lora(o, variables)
+    rule = _trainable(o, state_vars["params"], video)
+    schedule = _schedule(o, o.learning_rate)
+    tx = make_optimizer(
+        state_vars["params"],
+        rule,
+        schedule,
+        o.weight_decay,
+        o.clip_norm,
+        encoder_learning_rate=_schedule(o, o.encoder_learning_rate),
+        layer_decay=o.layer_decay,
+    )
+    run_model = build_from_config(model.config, remat=True) if o.remat else model
+    loss_fn = clip_loss if video else interactive_loss
+    corrections = o.corrections if o.corrections is not None else (1 if video else 2)
+    step = make_train_step(
+        run_model,
+        tx,
+        num_corrections=corrections,
+        compute_dtype=jnp.bfloat16 if o.bf16 else None,
+        loss_fn=loss_fn,
+        transform=transform,
+        accumulate=o.accumulate,
+    )
+    cache = None
+    if _uses_cache(o, trainable_labels(state_vars["params"], rule), video):
+        cache = _embedding_cache(o, model, variables, train)
+    return _Setup(
+        model=model,
+        variables=state_vars,
+        transform=transform,
+        train=train,
+        val=val,
+        video=video,
+        tx=tx,
+        schedule=schedule,
+        step=step,
+        cache=cache,
+    )
+
+
+def model_variables(run: _Setup, state_variables: Any) -> Any:
+    """The model's plain variables (LoRA adapters merged) of a state's variables."""
+    if run.transform is None:
+        return state_variables
+    return {**state_variables, "params": jax.jit(run.transform)(state_variables["params"])}
+
+
+def _loader(options: FinetuneOptions, run: _Setup, start: int) -> Any:
+    """The endless training batches from step `start` on (a function of seed and step)."""
+    o, size = options, run.model.config.image_size
+    batch = o.batch_size * o.accumulate  # the step splits it into micro-batches
+    common = dict(image_size=size, batch_size=batch, seed=o.seed, start_step=start)
+    common["augment"] = o.augment()
+    if run.video:
+        return clip_loader(
+            run.train, clip_len=o.clip_len, objects_per_clip=o.objects_per_image, **common
+        )
+    return image_loader(run.train, objects_per_image=o.objects_per_image, **common)
+
+
+def _inputs(run: _Setup, batch: dict) -> tuple[Any, np.ndarray, np.ndarray]:
+    """(the step's images: normalised pixels or cached embeddings, targets, valid)."""
+    if run.video:
+        images = normalise(batch["clips"], run.model.config)
+    elif run.cache is not None:
+        images = run.cache(batch["index"])
+    else:
+        images = normalise(batch["images"], run.model.config)
+    return images, batch["masks"], batch["valid"]
+
+
+def _means(metrics: list[dict]) -> dict[str, float]:
+    """Each metric's mean over steps, NaN (no valid object) left out; NaN if all are."""
+    out = {}
+    for name in metrics[0]:
+        values = np.array([float(m[name]) for m in metrics])
+        finite = values[np.isfinite(values)]
+        out[name] = float(finite.mean()) if finite.size else float("nan")
+    return out
+
+
+def _evaluate(run: _Setup, state: TrainState) -> dict:
+    """evaluate_model on the validation data with the state's (merged) variables."""
+    variables = jax.device_get(model_variables(run, state.variables))
+    return evaluate_model(run.model, variables, run.val, progress=False)
+
+
+def _due(done: int, every: int, last: int) -> bool:
+    """Whether something done every `every` steps (0: never) and at the last is due."""
+    return done == last or (every > 0 and done % every == 0)
+
+
+def _train(
+    o: FinetuneOptions, run: _Setup, state: TrainState, start: int, data: Any, log: MetricsLog
+) -> tuple[TrainState, dict | None, dict | None]:
+    """Steps start .. o.steps: log, evaluate and checkpoint as due. Returns (state, last
+    training record, last evaluation record)."""
+    ckpts = TrainCheckpoints(Path(o.out) / CHECKPOINTS_DIR, keep=o.keep_checkpoints)
+    last_train, last_eval, pending = None, None, []
+    base_key = _keys(o.seed)[0]
+    try:
+        if start:
+            state = jax.device_put(ckpts.restore(like=state, step=start))
+        elif run.val is not None:
+            last_eval = log.eval(0, _evaluate(run, state))
+        desc = f"finetune {run.model.config.name}"
+        bar = tqdm(range(start, o.steps), desc, o.steps, initial=start, disable=o.quiet)
+        for n, batch in zip(bar, data, strict=False):  # data is endless
+            images, targets, valid = _inputs(run, batch)
+            key = jax.random.fold_in(base_key, n)  # the step's draws: a function of n alone
+            state, metrics = run.step(state, images, targets, key, valid=valid)
+            pending.append(metrics)
+            done = n + 1
+            if _due(done, o.log_every, o.steps):
+                last_train = log.train(done, {**_means(pending), "lr": float(run.schedule(n))})
+                pending = []
+                bar.set_postfix(loss=last_train.get("loss"))
+            if run.val is not None and _due(done, o.eval_every, o.steps):
+                last_eval = log.eval(done, _evaluate(run, state))
+            if _due(done, o.save_every, o.steps):
+                ckpts.save(state)
+    finally:
+        ckpts.close()
+    return state, last_train, last_eval
+
+
+def finetune(options: FinetuneOptions) -> dict:
+    """Run (or resume) the fine-tuning `options` describe; returns a summary: "out", "final"
+    (the saved model), "start_step", "steps", "train" (the last training record), "eval"
+    (the last evaluation's scalars, or None), "embedding_cache" (bool), "seconds".
+
+    Nothing is written to the run folder before the checkpoint, the datasets and the first
+    batch have been read, so a run refused for its input leaves no run behind. (A sample
+    that cannot be read later stops the run with its error; fix it and resume.)"""
+    o, t0 = options, time.time()
+    start = run_start_step(o.out, options_record(o), resume=o.resume, flag_of=_flag)
+    run = setup(o)
+    data = _loader(o, run, start)
+    first = next(data)
+    write_run_record(o.out, options_record(o))
+    state = TrainState.create(run.variables, run.tx)
+    log = MetricsLog(o.out, start_step=start)
+    try:
+        state, last_train, last_eval = _train(
+            o, run, state, start, itertools.chain([first], data), log
+        )
+    finally:
+        log.close()
+    final = Path(o.out) / FINAL_FILE
+    save(final, run.model, jax.device_get(model_variables(run, state.variables)))
+    return {
+        "out": o.out,
+        "final": str(final),
+        "start_step": start,
+        "steps": o.steps,
+        "train": last_train,
+        "eval": None if last_eval is None else last_eval["eval"],
+        "embedding_cache": run.cache is not None,
+        "seconds": round(time.time() - t0, 1),
+    }
