@@ -123,9 +123,15 @@ def test_refuses_existing_folder_and_bad_counts(tmp_path):
         ho.write_coco(tmp_path / "c", 0, SEED0)
     with pytest.raises(ValueError, match="num_frames must be at least 1"):
         ho.write_davis(tmp_path / "d", 1, SEED0, num_frames=0)
-    with pytest.raises(ValueError, match="val_videos must be at least 0"):
+    with pytest.raises(ValueError, match="davis_val count must be at least 0"):
         ho.write_heldout(tmp_path / "h", val_videos=-1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    with pytest.raises(ValueError, match="num_objects must be"):
+        ho.heldout_scene(SEED0, num_objects=(3, 2))
+    (tmp_path / "h" / "davis_val").mkdir(parents=True)  # checked before anything is written
+    with pytest.raises(ValueError, match="davis_val: already exists"):
+        ho.write_heldout(tmp_path / "h", images=1, val_images=1, videos=1, num_frames=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h", "taken"]
+    assert [p.name for p in (tmp_path / "h").iterdir()] == ["davis_val"]
 
 
 def test_failure_leaves_no_folder(tmp_path, monkeypatch):

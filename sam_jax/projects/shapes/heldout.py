@@ -23,7 +23,7 @@ Train and val splits are disjoint seed ranges (TRAIN_SEED0, VAL_SEED0); every im
 video is a function of its seed alone. Command line:
 
     python -m sam_jax.projects.shapes.heldout OUT --images 200 --val-images 60 \
-        --videos 24 --val-videos 12
+        --videos 24 --val-videos 36
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -185,7 +186,10 @@ def heldout_scene(
     (K, H, W) bool of its K >= 1 objects, each of at least MIN_AREA pixels (smaller
     remnants of occluded shapes are dropped; shapes are added until one is kept)."""
     lo, hi = num_objects
-    _check_positive(num_objects_low=lo, num_objects_high=hi - lo + 1)
+    if not 1 <= lo <= hi:
+        raise ValueError(
+            f"num_objects must be (low, high) with 1 <= low <= high; got {num_objects}"
+        )
     h, w = image_shape(seed)
     rng = np.random.default_rng(seed)
     bg = heldout_background(rng, h, w)
@@ -250,7 +254,7 @@ def _move(s: Shape, vel: np.ndarray, spin: float, h: int, w: int) -> Shape:
     return dataclasses.replace(s, cx=cx, cy=cy, angle=s.angle + spin)
 
 
-def _write_dir(out: Path, fill) -> Path:
+def _write_dir(out: Path, fill: Callable[[Path], None]) -> Path:
     """Call fill(tmp_dir) then rename tmp_dir onto `out`: a dataset is there whole or not
     at all. An existing `out` is refused."""
     if out.exists():
@@ -339,27 +343,30 @@ def write_heldout(
     images: int = 200,
     val_images: int = 60,
     videos: int = 24,
-    val_videos: int = 12,
+    val_videos: int = 36,
     num_frames: int = 12,
 ) -> dict[str, Path]:
     """Write the four datasets under `out` (module docstring); a count of 0 skips that
     one. Returns {"coco_train", "coco_val", "davis_train", "davis_val"} -> folder, for those
-    written."""
-    for name, n in dict(images=images, val_images=val_images, videos=videos).items():
+    written. Nothing is written when a count is negative or a folder to write exists."""
+    root = Path(out)
+    counts = {"coco_train": images, "coco_val": val_images, "davis_train": videos}
+    counts["davis_val"] = val_videos
+    for name, n in counts.items():
         if n < 0:
-            raise ValueError(f"{name} must be at least 0; got {n}")
-    if val_videos < 0:
-        raise ValueError(f"val_videos must be at least 0; got {val_videos}")
-    root, written = Path(out), {}
+            raise ValueError(f"the {name} count must be at least 0; got {n}")
+        if n and (root / name).exists():
+            raise ValueError(f"{root / name}: already exists; choose a new folder")
     jobs = (
-        ("coco_train", images, lambda p, n: write_coco(p, n, TRAIN_SEED0)),
-        ("coco_val", val_images, lambda p, n: write_coco(p, n, VAL_SEED0)),
-        ("davis_train", videos, lambda p, n: write_davis(p, n, TRAIN_SEED0, num_frames)),
-        ("davis_val", val_videos, lambda p, n: write_davis(p, n, VAL_SEED0, num_frames)),
+        ("coco_train", lambda p, n: write_coco(p, n, TRAIN_SEED0)),
+        ("coco_val", lambda p, n: write_coco(p, n, VAL_SEED0)),
+        ("davis_train", lambda p, n: write_davis(p, n, TRAIN_SEED0, num_frames)),
+        ("davis_val", lambda p, n: write_davis(p, n, VAL_SEED0, num_frames)),
     )
-    for name, n, write in jobs:
-        if n:
-            written[name] = write(root / name, n)
+    written = {}
+    for name, write in jobs:
+        if counts[name]:
+            written[name] = write(root / name, counts[name])
     return written
 
 
@@ -370,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=200, help="COCO training images (200)")
     p.add_argument("--val-images", type=int, default=60, help="COCO held-out images (60)")
     p.add_argument("--videos", type=int, default=24, help="DAVIS training videos (24)")
-    p.add_argument("--val-videos", type=int, default=12, help="DAVIS held-out videos (12)")
+    p.add_argument("--val-videos", type=int, default=36, help="DAVIS held-out videos (36)")
     p.add_argument("--frames", type=int, default=12, help="frames per video (12)")
     a = p.parse_args(argv)
     try:
