@@ -84,18 +84,9 @@ def emit(path: str, **record: Any) -> None:
 
 def tiny_sam_config() -> Any:
     """A two-block ViT SAM at 64 px (quick mode's stand-in for sam_b)."""
-    from sam_jax.config import SamConfig, ViTConfig
+    from tests.tiny_configs import TINY_SAM
 
-    vit = ViTConfig(
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        global_attn_indexes=(1,),
-        window_size=4,
-        out_chans=32,
-        pretrain_image_size=64,
-    )
-    return SamConfig(encoder=vit, image_size=64, prompt_embed_dim=32, decoder_mlp_dim=64)
+    return TINY_SAM
 
 
 def infer_config(name: str, quick: bool) -> Any:

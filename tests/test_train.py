@@ -16,28 +16,13 @@ import pytest
 
 import sam_jax
 from sam_jax.checkpoint import build_from_config, variable_shapes
-from sam_jax.config import VARIANTS, SamConfig, ViTConfig
+from sam_jax.config import VARIANTS
 from sam_jax.projects.shapes.synthetic import scene, video
 from sam_jax.train import clicks, losses
 from sam_jax.train.step import TrainState, make_optimizer, make_train_step
-from tests.tiny_configs import TINY2, random_variables
+from tests.tiny_configs import TINY2, TINY_SAM, random_variables
 
-TINY = SamConfig(
-    encoder=ViTConfig(
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        global_attn_indexes=(1,),
-        window_size=4,
-        out_chans=32,
-        pretrain_image_size=64,
-    ),
-    image_size=64,
-    prompt_embed_dim=32,
-    decoder_mlp_dim=64,
-    decoder_num_heads=2,
-    iou_head_hidden_dim=32,
-)
+TINY = TINY_SAM
 
 
 def test_losses_reference_values():

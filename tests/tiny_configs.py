@@ -7,7 +7,25 @@ import flax
 import numpy as np
 
 from sam_jax.checkpoint import variable_shapes
-from sam_jax.config import SAM2_1, HieraConfig, Sam2Config, TinyViTConfig
+from sam_jax.config import SAM2_1, HieraConfig, Sam2Config, SamConfig, TinyViTConfig, ViTConfig
+
+# A two-block ViT SAM at 64 px (one windowed block, one global), quick to compile.
+TINY_SAM = SamConfig(
+    encoder=ViTConfig(
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        global_attn_indexes=(1,),
+        window_size=4,
+        out_chans=32,
+        pretrain_image_size=64,
+    ),
+    image_size=64,
+    prompt_embed_dim=32,
+    decoder_mlp_dim=64,
+    decoder_num_heads=2,
+    iou_head_hidden_dim=32,
+)
 
 # A reduced Hiera with every structural case of the full ones (a pooled stage starting with
 # the previous window, padded windows, global blocks, 2-block and 1-block stages).
