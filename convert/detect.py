@@ -1,4 +1,5 @@
-"""Tell a checkpoint's variant from its keys and shapes (never from the file name)."""
+"""Tell a checkpoint's variant from its keys and shapes (never from the file name): Meta's
+and ultralytics' torch names, or Hugging Face transformers' names."""
 
 from __future__ import annotations
 
@@ -20,15 +21,24 @@ def _count(state_dict: Mapping, prefix: str, suffix: str) -> int:
     return i
 
 
-def _vit_signature(sd: Mapping) -> dict | None:
-    w = sd.get("image_encoder.patch_embed.proj.weight")
-    if w is None or "image_encoder.pos_embed" not in sd:
+def _vit(sd: Mapping, prefix: str, patch: str, blocks: str, norm: str) -> dict | None:
+    w = sd.get(f"{prefix}.{patch}.weight")
+    if w is None or f"{prefix}.pos_embed" not in sd:
         return None
     return {
         "type": ViTConfig,
         "embed_dim": int(np.shape(w)[0]),
-        "depth": _count(sd, "image_encoder.blocks", "norm1.weight"),
+        "depth": _count(sd, f"{prefix}.{blocks}", f"{norm}.weight"),
     }
+
+
+def _vit_signature(sd: Mapping) -> dict | None:
+    return _vit(sd, "image_encoder", "patch_embed.proj", "blocks", "norm1")
+
+
+def _hf_vit_signature(sd: Mapping) -> dict | None:
+    """Hugging Face transformers' SamModel names."""
+    return _vit(sd, "vision_encoder", "patch_embed.projection", "layers", "layer_norm1")
 
 
 def _tiny_vit_signature(sd: Mapping) -> dict | None:
@@ -51,17 +61,17 @@ def _tiny_vit_signature(sd: Mapping) -> dict | None:
     return {"type": TinyViTConfig, "embed_dims": tuple(dims), "depths": depths}
 
 
-def _hiera_signature(sd: Mapping) -> dict | None:
+def _hiera(sd: Mapping, trunk: str, patch: str, norm: str, spatial: str, tpos: str) -> dict | None:
     """SAM 2 Hiera: width and blocks per stage (a stage's first block projects its input
     to the doubled width); the SAM 2.1 behaviours from the parameters they add."""
-    w = sd.get("image_encoder.trunk.patch_embed.proj.weight")
+    w = sd.get(f"{trunk}.{patch}.weight")
     if w is None:
         return None
-    depth = _count(sd, "image_encoder.trunk.blocks", "norm1.weight")
-    starts = [i for i in range(depth) if f"image_encoder.trunk.blocks.{i}.proj.weight" in sd]
+    depth = _count(sd, f"{trunk}.blocks", f"{norm}.weight")
+    starts = [i for i in range(depth) if f"{trunk}.blocks.{i}.proj.weight" in sd]
     bounds = [0, *starts, depth]
-    no_obj_embed_spatial = "no_obj_embed_spatial" in sd
-    proj_tpos = "obj_ptr_tpos_proj.weight" in sd
+    no_obj_embed_spatial = spatial in sd
+    proj_tpos = tpos in sd
     return {
         "type": HieraConfig,
         "embed_dim": int(np.shape(w)[0]),
@@ -75,6 +85,23 @@ def _hiera_signature(sd: Mapping) -> dict | None:
     }
 
 
+def _hiera_signature(sd: Mapping) -> dict | None:
+    return _hiera(
+        sd, "image_encoder.trunk", "patch_embed.proj", "norm1", "no_obj_embed_spatial",
+        "obj_ptr_tpos_proj.weight",
+    )  # fmt: skip
+
+
+def _hf_hiera_signature(sd: Mapping) -> dict | None:
+    """Hugging Face transformers' Sam2VideoModel / Sam2Model names (an image-only Sam2Model
+    file has neither 2.1 parameter, so it reads as SAM 2.0: the same image model)."""
+    return _hiera(
+        sd, "vision_encoder.backbone", "patch_embed.projection", "layer_norm1",
+        "occlusion_spatial_embedding_parameter",
+        "temporal_positional_encoding_projection_layer.weight",
+    )  # fmt: skip
+
+
 def _matches(cfg, sig: dict) -> bool:
     enc = cfg.encoder
     # sig["model"] (optional) holds model-level fields; the other keys are encoder fields.
@@ -86,7 +113,13 @@ def _matches(cfg, sig: dict) -> bool:
 
 
 # Each reads the encoder family's signature off a state_dict, or None if it is not that family.
-SIGNATURES = (_vit_signature, _tiny_vit_signature, _hiera_signature)
+SIGNATURES = (
+    _vit_signature,
+    _tiny_vit_signature,
+    _hiera_signature,
+    _hf_vit_signature,
+    _hf_hiera_signature,
+)
 
 
 def detect_variant(state_dict: Mapping) -> str:

@@ -21,17 +21,22 @@ LEAF_TO_TORCH = {
     "var": "running_var",
 }
 
-# Modules that are torch ConvTranspose2d, whose weight is (in, out, kh, kw), not (out, in, kh, kw).
-CONV_TRANSPOSE_MODULES = frozenset({"output_upscaling_0", "output_upscaling_3"})
+# Modules that are torch ConvTranspose2d, whose weight is (in, out, kh, kw), not (out, in, kh, kw):
+# SAM's mask upscaling and the upsampling levels of SAM 3's vision necks.
+CONV_TRANSPOSE_MODULES = frozenset(
+    {"output_upscaling_0", "output_upscaling_3", "dconv_2x2", "dconv_2x2_0", "dconv_2x2_1"}
+)
 
 _INDEXED = re.compile(r"(.*\D)_(\d+)")
+# Torch attribute names that end in _<digit> but are not list entries (CLIP's block norms).
+LITERAL_NAMES = frozenset({"ln_1", "ln_2"})
 
 
 def torch_key(path: tuple[str, ...]) -> str:
     """('image_encoder', 'blocks_3', 'attn', 'qkv', 'kernel') -> 'image_encoder.blocks.3.attn.qkv.weight'."""
     parts: list[str] = []
     for name in path[:-1]:
-        m = _INDEXED.fullmatch(name)
+        m = None if name in LITERAL_NAMES else _INDEXED.fullmatch(name)
         parts.extend((m[1], m[2]) if m else (name,))
     parts.append(LEAF_TO_TORCH.get(path[-1], path[-1]))
     return ".".join(parts)
@@ -99,15 +104,21 @@ def state_dict_to_variables(
         if k not in used and k not in ignored and not k.endswith(".num_batches_tracked")
     ]
     if missing or unused:
-        lines = []
-        if missing:
-            lines.append(f"{len(missing)} model variable(s) missing from the checkpoint:")
-            lines += [f"  {m}" for m in missing[:20]] + (["  ..."] if len(missing) > 20 else [])
-        if unused:
-            lines.append(f"{len(unused)} checkpoint key(s) the model has no place for:")
-            lines += [f"  {u}" for u in unused[:20]] + (["  ..."] if len(unused) > 20 else [])
-        raise ValueError("checkpoint does not fit the model\n" + "\n".join(lines))
+        raise ValueError(misfit_message(missing, unused))
     return unflatten_dict(out)
+
+
+def misfit_message(missing: list[str], unused: list[str]) -> str:
+    """The error text of a checkpoint that does not fit the model: the variables it lacks
+    and the keys the model has no place for (the first 20 of each)."""
+    lines = []
+    if missing:
+        lines.append(f"{len(missing)} model variable(s) missing from the checkpoint:")
+        lines += [f"  {m}" for m in missing[:20]] + (["  ..."] if len(missing) > 20 else [])
+    if unused:
+        lines.append(f"{len(unused)} checkpoint key(s) the model has no place for:")
+        lines += [f"  {u}" for u in unused[:20]] + (["  ..."] if len(unused) > 20 else [])
+    return "checkpoint does not fit the model\n" + "\n".join(lines)
 
 
 def variables_to_state_dict(variables: Mapping) -> dict[str, np.ndarray]:

@@ -111,8 +111,10 @@ def _typed(storage: _Storage, dtype: np.dtype, big_endian: bool) -> np.ndarray:
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that resolves only tensor-building globals and reads storages from the zip."""
 
-    def __init__(self, archive: zipfile.ZipFile, prefix: str, path: str, big_endian: bool):
-        super().__init__(archive.open(f"{prefix}data.pkl"))
+    def __init__(
+        self, archive: zipfile.ZipFile, stream: Any, prefix: str, path: str, big_endian: bool
+    ):
+        super().__init__(stream)
         self._archive = archive
         self._prefix = prefix
         self._path = path
@@ -297,7 +299,8 @@ def read_torch_file(path: str | os.PathLike[str]) -> object:
         prefix = _archive_prefix(archive, path)
         try:
             big_endian = _big_endian(archive, prefix, path)
-            return _RestrictedUnpickler(archive, prefix, path, big_endian).load()
+            with archive.open(f"{prefix}data.pkl") as stream:
+                return _RestrictedUnpickler(archive, stream, prefix, path, big_endian).load()
         except CheckpointError:
             raise
         except (zipfile.BadZipFile, zlib.error, EOFError) as e:

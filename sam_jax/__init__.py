@@ -9,12 +9,14 @@ from sam_jax.checkpoint import build, init_params, load, save
 from sam_jax.config import VARIANTS
 from sam_jax.predictors.image import Predictor
 from sam_jax.predictors.mask_generator import MaskGenerator
+from sam_jax.predictors.stream import StreamTracker
 from sam_jax.predictors.video import VideoPredictor
 
 __all__ = [
     "VARIANTS",
     "MaskGenerator",
     "Predictor",
+    "StreamTracker",
     "VideoPredictor",
     "build",
     "init_params",

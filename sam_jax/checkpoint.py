@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from safetensors.numpy import save_file
 
 from sam_jax.config import Sam2Config, SamConfig, config_from_json, config_to_json, variant_config
 from sam_jax.convert.detect import detect_variant
+from sam_jax.convert.hf_reader import hf_model_config, hf_to_variables, is_hf_checkpoint, read_hf
 from sam_jax.convert.keymap import state_dict_to_variables
-from sam_jax.convert.torch_reader import read_state_dict
+from sam_jax.convert.torch_reader import read_state_dict, read_torch_file
 from sam_jax.models.sam import Sam
 from sam_jax.models.sam2 import Sam2
 
@@ -164,6 +166,40 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"no such checkpoint file: {p} (bundled models: {names})")
 
 
+def _load_hf(
+    path: Path, variant: str | None, image_size: int | None, dtype: Any
+) -> tuple[nn.Module, dict]:
+    """A Hugging Face transformers folder or file (see sam_jax.convert.hf_reader)."""
+    ckpt = read_hf(path)
+    try:
+        config = hf_model_config(ckpt, variant, image_size)
+        model = build_from_config(config, dtype=dtype)
+        variables = hf_to_variables(ckpt, config, variable_shapes(model))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    return model, variables
+
+
+def _torch_state_dict(path: Path) -> dict[str, np.ndarray]:
+    """A torch file's weights. Of a training checkpoint ({"model": ..., "optimizer": ...,
+    "epoch": ...}, as Meta's SAM 2 trainer writes) only "model" is read; a warning names
+    the entries left out."""
+    obj = read_torch_file(path)  # CheckpointError (a ValueError) names the file
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        ignored = sorted(map(str, obj.keys() - {"model"}))
+        if ignored:
+            warnings.warn(
+                f"{path}: read the weights under 'model'; ignored {', '.join(ignored)}",
+                stacklevel=3,
+            )
+        obj = obj["model"]
+    if isinstance(obj, dict) and all(
+        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()
+    ):
+        return dict(obj)
+    return read_state_dict(path)  # raises the reader's error naming the entry at fault
+
+
 def load(
     path: str | os.PathLike,
     variant: str | None = None,
@@ -171,14 +207,18 @@ def load(
     *,
     dtype: Any = jnp.float32,
 ) -> tuple[nn.Module, dict]:
-    """Load a Meta / ultralytics torch checkpoint (.pt/.pth, read without torch), a sam_jax
-    .safetensors file, or a bundled model by name (`bundled_models()`). Returns (model,
-    variables) ready for `model.apply`. The variables are float32 whatever `dtype`, the
-    model's computation dtype (see `build`).
+    """Load a Meta / ultralytics torch checkpoint (.pt/.pth, read without torch; of a
+    training checkpoint only its "model" entry), a sam_jax .safetensors file, a Hugging Face
+    transformers folder or .safetensors file (SamModel, Sam2Model, Sam2VideoModel), or a
+    bundled model by name (`bundled_models()`). Returns (model, variables) ready for
+    `model.apply`. The variables are float32 whatever `dtype`, the model's computation dtype
+    (see `build`).
 
     Raises FileNotFoundError when there is no such file or bundled model, and ValueError
     naming the file when it has another suffix than CHECKPOINT_SUFFIXES, cannot be read as
     its suffix says, or holds no weights that fit a model."""
+    if is_hf_checkpoint(path):
+        return _load_hf(Path(path), variant, image_size, dtype)
     path = resolve_checkpoint(path)
     suffix = path.suffix.lower()
     if suffix == SAFETENSORS_SUFFIX:
@@ -188,7 +228,7 @@ def load(
             f"{path}: unknown checkpoint suffix {path.suffix!r}; expected one of "
             + ", ".join(CHECKPOINT_SUFFIXES)
         )
-    state_dict = read_state_dict(path)  # CheckpointError (a ValueError) names the file
+    state_dict = _torch_state_dict(path)
     try:
         model = build(variant or detect_variant(state_dict), image_size, dtype=dtype)
         variables = state_dict_to_variables(state_dict, variable_shapes(model))

@@ -4,6 +4,7 @@ uninterrupted run; a LoRA run saves base + merged update; bad input gives one er
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -20,6 +21,7 @@ from sam_jax.train.checkpoints import TrainCheckpoints
 from sam_jax.train.lora import lora_merge
 from sam_jax.train.metrics_log import MetricsLog, read_metrics
 from sam_jax.train.step import TrainState
+from sam_jax.train.video_prompts import SAM2_TRAINING, VideoPrompting
 
 SIZE = 48  # the images on disk; the models letterbox them to their own input size
 
@@ -124,6 +126,7 @@ def test_video_end_to_end(tmp_path):
         objects_per_image=1,
         clip_len=2,
         warmup=0,  # the one step at the peak rate (a warm-up starts at 0)
+        video_prompts="sam2",  # masks, boxes, clicks on 1-2 frames, corrections
     )
     summary = ft.finetune(options)
     assert not summary["embedding_cache"]  # clips are encoded in the step
@@ -284,6 +287,14 @@ def test_options_are_checked_and_listed_in_help(capsys):
         ft.FinetuneOptions(checkpoint="c", train="t", out="o", steps=0)
     with pytest.raises(ValueError, match="hflip"):
         ft.FinetuneOptions(checkpoint="c", train="t", out="o", steps=1, hflip=2.0)
+    base = dict(checkpoint="c", train="t", out="o", steps=1)
+    assert ft.FinetuneOptions(**base).prompting() == VideoPrompting()
+    sam2 = ft.FinetuneOptions(**base, video_prompts="sam2", prob_box=0.25, cond_frames=1)
+    assert sam2.prompting() == dataclasses.replace(SAM2_TRAINING, prob_box=0.25, num_cond_frames=1)
+    with pytest.raises(ValueError, match="prob_mask must be in"):
+        ft.FinetuneOptions(**base, prob_mask=1.5)
+    with pytest.raises(ValueError, match="num_correct_frames"):
+        ft.FinetuneOptions(**base, cond_frames=2, correct_frames=1)
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
@@ -307,5 +318,8 @@ def test_options_are_checked_and_listed_in_help(capsys):
         "--warmup",
         "--images",
         "--scale LO,HI",
+        "--video-prompts {click,sam2}",
+        "--prob-mask P",
+        "--cond-frames N",
     ):
         assert flag in text, flag

@@ -334,6 +334,7 @@ def test_clip_batches(videos):
             assert len(starts) == 1
             clip = videos.clip(i, range(starts[0], starts[0] + 3))
             boxed = letterbox_mask(clip.masks, S)  # (T, K, S, S)
+            np.testing.assert_array_equal(batch["ignore"][b], letterbox_mask(clip.ignore, S))
             for k, valid in enumerate(batch["valid"][b]):
                 track = batch["masks"][b, :, k]
                 if valid:  # a whole track of the clip, present in its first frame
@@ -394,3 +395,25 @@ def test_missing_grain_names_the_extra(images, monkeypatch):
     monkeypatch.setitem(sys.modules, "grain", None)  # import grain now fails
     with pytest.raises(ImportError, match=r"pip install 'sam-jax\[train\]'"):
         image_loader(images, image_size=S, batch_size=1, objects_per_image=1, seed=0, **ONE_HOST)
+
+
+def test_void_pixels_ride_with_the_masks(tmp_path):
+    """A mask folder's void value becomes the batch's ignore mask, flipped and letterboxed
+    exactly as the objects' masks (the letterbox padding is known background)."""
+    root = tmp_path / "void_ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    image, masks = scene(40, 56, 2, seed=0)
+    void = np.zeros((40, 56), bool)
+    void[30:, :10] = True
+    Image.fromarray(image).save(root / "images" / "a.png")
+    write_ids(root / "masks" / "a.png", np.concatenate([masks, void[None]]), [1, 2, 255])
+    ds = MaskFolderDataset(root, void=255)
+    for hflip in (0.0, 1.0):
+        kw = dict(image_size=S, batch_size=1, objects_per_image=2, seed=0, **ONE_HOST)
+        (batch,) = take(image_loader(ds, augment=Augment(hflip=hflip), **kw), 1)
+        want_void = void[:, ::-1] if hflip else void
+        np.testing.assert_array_equal(batch["ignore"][0], letterbox_mask(want_void, S))
+        assert batch["ignore"].shape == (1, S, S) and batch["ignore"][0].any()
+        boxed = letterbox_mask(masks[:, :, ::-1] if hflip else masks, S)
+        assert all(any((m == b).all() for b in boxed) for m in batch["masks"][0])

@@ -185,3 +185,18 @@ def test_bad_arguments_and_reexports():
     for name in ("make_optimizer", "trains", "trainable_labels", "TRAINABLE"):
         assert getattr(step, name) is getattr(optimizer, name), name
     assert step.LabelledOptimizer is optimizer.LabelledOptimizer
+
+
+def test_glob_rule_unions_presets_and_patterns_less_exclusions(real_paths):
+    """--trainable words: presets and patterns add what trains, '!' patterns take away."""
+    paths = real_paths["sam2.1_t"]
+    trained = lambda *words: {p for p in paths if optimizer.trains(optimizer.glob_rule(words))(p)}
+    heads = trained("all_but_encoder")
+    assert heads and not any(p.startswith("image_encoder/") for p in heads)
+    less = trained("all_but_encoder", "!memory_encoder/*")
+    assert less == {p for p in heads if not p.startswith("memory_encoder/")} and less != heads
+    both = trained("decoder", "memory_attention/*")
+    assert both == trained("decoder") | trained("memory_attention/*")
+    assert trained("!image_encoder/*") == heads  # only exclusions: all the rest trains
+    with pytest.raises(ValueError, match="'!' needs a glob"):
+        optimizer.glob_rule(["!"])

@@ -20,7 +20,8 @@ from sam_jax.config import SamConfig, ViTConfig  # noqa: E402
 from sam_jax.convert.keymap import state_dict_to_variables  # noqa: E402
 from sam_jax.predictors import amg  # noqa: E402
 from sam_jax.predictors import image as predictor  # noqa: E402
-from sam_jax.predictors.image import Predictor, as_rgb_uint8  # noqa: E402
+from sam_jax.predictors.image import Predictor  # noqa: E402
+from sam_jax.predictors.image_input import as_rgb_uint8  # noqa: E402
 from sam_jax.predictors.mask_generator import MaskGenerator  # noqa: E402
 from sam_jax.transforms import letterbox_geometry, resize_bilinear_u8  # noqa: E402
 from tests.reference import build_reference_sam, build_reference_vit, randomize_  # noqa: E402
@@ -303,12 +304,16 @@ def test_input_errors(pair):
 
 
 @pytest.mark.torch
-def test_set_image_refuses_a_file_path(pair, tmp_path):
+def test_set_image_names_a_missing_file(pair, tmp_path):
+    """Paths are read (tests/test_predictor_batch.py); a missing one is named, and a path
+    inside an array is refused with the hint to read the file."""
     _, ours, _ = pair
     fresh = Predictor(ours.model, ours.params)
-    for path in ("photo.jpg", tmp_path / "photo.jpg", np.array("photo.jpg")):
-        with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8 RGB array.*read the file first"):
+    for path in ("photo.jpg", tmp_path / "photo.jpg"):
+        with pytest.raises(ValueError, match="no such image file"):
             fresh.set_image(path)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8 RGB array.*read the file first"):
+        fresh.set_image(np.array("photo.jpg"))
     assert not fresh.is_image_set
 
 

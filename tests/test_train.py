@@ -630,3 +630,67 @@ def test_step_from_precomputed_embeddings_equals_the_step_from_images(tiny_sam2)
     feats = jax.jit(lambda x: model2.apply(variables2, x, method="encode_image"))(x)
     loss = jax.jit(lambda im: interactive_loss(model2, variables2, im, t, key, 1)[0])
     np.testing.assert_allclose(float(loss(feats)), float(loss(x)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("config", [TINY, TINY2], ids=["sam", "sam2"])
+def test_first_prompt_head_follows_prompt_kind(config):
+    """As SAM 2 trains: a first click trains the multimask output (its best mask), a first
+    box the single-mask output. Each object's loss (num_corrections=0), isolated with
+    valid=, equals SAM's loss on the head its drawn prompt kind selects."""
+    from sam_jax.train.step import interactive_loss
+
+    model = build_from_config(config)
+    variables = random_variables(model)
+    s = config.image_size
+    x, _ = scene_batch(1, s)
+    objs = np.stack([scene(i, s)[1][0] for i in range(6)])  # (6, S, S): six objects
+    images = jnp.repeat(x, 6, axis=0)
+    key = jax.random.key(11)
+    emb = model.apply(variables, images, method="encode_image")
+    rows = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i), 0))(jnp.arange(6))
+    coords, labels = clicks.per_row(clicks.first_prompt, rows, jnp.asarray(objs))
+    kinds = np.asarray(labels[:, 0])
+    assert {1, 2} <= set(kinds.tolist()), "the seed should draw both clicks and boxes"
+    soft = losses.soft_targets(jnp.asarray(objs), config.mask_input_size)
+    for i in range(6):
+        valid = np.arange(6) == i
+        got, _ = interactive_loss(model, variables, images, objs, key, 0, valid=valid)
+        out = model.apply(
+            variables,
+            jax.tree.map(lambda e, i=i: e[i : i + 1], emb),
+            point_coords=coords[i : i + 1],
+            point_labels=labels[i : i + 1],
+            multimask_output=bool(kinds[i] == 1),
+            method="predict_masks",
+        )
+        want, _ = losses.sam_loss(out[0], out[1], soft[i : i + 1])
+        if len(out) == 3:
+            want = want + losses.object_score_loss(out[2], jnp.ones(1, bool))[0]
+        np.testing.assert_allclose(float(got), float(want), rtol=2e-5)
+
+
+def test_void_pixels_add_no_loss_and_get_no_click():
+    """sam_loss with pixel_weights: what logits do on 0-weighted cells changes neither the
+    loss nor the IoU; all-ones weights are no weights. Corrective clicks avoid void cells."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(2, 3, 16, 16)), jnp.float32)
+    iou = jnp.asarray(rng.uniform(size=(2, 3)), jnp.float32)
+    target = jnp.asarray(rng.uniform(size=(2, 16, 16)) > 0.5, jnp.float32)
+    known = np.ones((2, 16, 16), np.float32)
+    known[:, :8] = 0.0
+    plain, _ = losses.sam_loss(logits, iou, target)
+    ones, _ = losses.sam_loss(logits, iou, target, pixel_weights=jnp.ones((2, 16, 16)))
+    np.testing.assert_allclose(float(ones), float(plain), rtol=1e-6)
+    a, met_a = losses.sam_loss(logits, iou, target, pixel_weights=known)
+    moved = logits.at[:, :, :8].set(-logits[:, :, :8] + 3.0)
+    b, met_b = losses.sam_loss(moved, iou, target, pixel_weights=known)
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
+    np.testing.assert_allclose(float(met_a["iou"]), float(met_b["iou"]), rtol=1e-6)
+    assert abs(float(a) - float(plain)) > 1e-3
+    wrong = jnp.zeros((4, 16, 16)).at[:, :, :12].set(5.0)  # errors in columns 0 .. 11
+    void = jnp.zeros((4, 16, 16), bool).at[:, :, :10].set(True)
+    keys = jax.random.split(jax.random.key(0), 4)
+    xy, lab = clicks.per_row(
+        clicks.corrective_click, keys, wrong, jnp.zeros((4, 16, 16), bool), void
+    )
+    assert (np.asarray(xy[:, 0, 0]) >= 10).all() and (np.asarray(lab) == 0).all()

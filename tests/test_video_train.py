@@ -22,6 +22,7 @@ from sam_jax.train import video_step
 from sam_jax.train.batching import normalise
 from sam_jax.train.clicks import cell_centre, corrective_click, sample_pixel
 from sam_jax.train.losses import object_score_loss, sam_loss, soft_targets
+from sam_jax.train.video_losses import clip_targets
 from sam_jax.train.video_prompts import (
     SAM2_TRAINING,
     VideoPrompting,
@@ -310,10 +311,11 @@ def test_each_pure_prompt_kind_traces(shapes_sam2, prompting):
 
 
 def _encoded(model, variables, clips, targets):
-    """One clip's encoded frames and its first object's soft and full-size targets."""
+    """One clip's encoded frames and its first object's targets at logit resolution (all
+    known) and full size."""
     frames = video_step._encode_frames(model, variables, jnp.asarray(clips[0]), False)
-    soft = soft_targets(targets[0, :, 0], model.config.mask_input_size)
-    return frames, jnp.asarray(soft), jnp.asarray(targets[0, :, 0])
+    soft = clip_targets(targets[:1, :, 0], None, model.config.mask_input_size)[0]
+    return frames, soft, jnp.asarray(targets[0, :, 0])
 
 
 def test_mask_prompt_is_the_first_frames_output(shapes_sam2):
@@ -422,3 +424,27 @@ def test_padding_objects_change_nothing(tiny_sam2):
     l_one, m_one = jax.jit(lambda q: loss(q, real[:, :, 0]))(params)
     np.testing.assert_allclose(float(l_two), float(l_one), rtol=1e-6)
     np.testing.assert_allclose(float(m_two["iou_tracked"]), float(m_one["iou_tracked"]), rtol=1e-6)
+
+
+def test_unannotated_frames_add_no_loss(tiny_sam2):
+    """A frame whose pixels are all void (a sparsely annotated video) adds nothing: its
+    targets can be anything; the loss is the mean over the annotated frames. Without
+    void pixels, ignore= changes nothing."""
+    model, variables = tiny_sam2
+    variables = jax.tree.map(jnp.asarray, variables)  # indexed by traced frame numbers
+    clips, targets = _clip(TINY2, 3)
+    targets = targets[:, :, 0]  # (1, T, S, S): one object
+    key = jax.random.key(4)
+    ignore = np.zeros(targets.shape, bool)
+    plain, _ = clip_loss(model, variables, clips, targets, key, 1)
+    none, _ = clip_loss(model, variables, clips, targets, key, 1, ignore=ignore)
+    np.testing.assert_allclose(float(none), float(plain), rtol=1e-6)
+    ignore[:, 2] = True
+    other = targets.copy()
+    other[:, 2] = ~other[:, 2]
+    a, _ = clip_loss(model, variables, clips, targets, key, 1, ignore=ignore)
+    b, _ = clip_loss(model, variables, clips, other, key, 1, ignore=ignore)
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
+    assert abs(float(a) - float(plain)) > 1e-4
+    with pytest.raises(ValueError, match="ignore must be"):
+        clip_loss(model, variables, clips, targets, key, 1, ignore=ignore[:, :2])

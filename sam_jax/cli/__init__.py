@@ -1,8 +1,8 @@
 """The `sam-jax` command line: `main` parses the sub-command and runs it.
 
-Each sub-command lives in its own module (convert, segment, track, evaluate, finetune) with an
-`add_parser(sub)` that registers it and sets `run`; the bundled shapes project adds demo,
-train-shapes and eval-shapes. Errors the library raises about the user's input (a missing or
+Each sub-command lives in its own module (convert, segment, track, evaluate, finetune,
+export) with an `add_parser(sub)` that registers it and sets `run`; the bundled shapes
+project adds demo, train-shapes and eval-shapes. Errors the library raises about the user's input (a missing or
 unreadable file, a bad value) are printed as one line `sam-jax: error: ...` with exit
 status 1.
 """
@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sam_jax.cli import convert, evaluate, finetune, segment, track
+from sam_jax.cli import convert, evaluate, export, finetune, segment, track
 from sam_jax.projects.shapes import commands
 
 # What the library raises for bad input: ValueError (the torch reader's CheckpointError is
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `sam-jax` parser with every sub-command registered."""
     parser = argparse.ArgumentParser(prog="sam-jax", description="Segment Anything in JAX.")
     sub = parser.add_subparsers(title="sub-commands", metavar="COMMAND")
-    for module in (convert, segment, track, evaluate, finetune):
+    for module in (convert, segment, track, evaluate, finetune, export):
         module.add_parser(sub)
     commands.add_parsers(sub)
     return parser

@@ -84,7 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             common["default"] = f.default
             if f.default is not None and not isinstance(f.default, tuple):
                 common["help"] += " (%(default)s)"
-        common["metavar"] = meta.get("metavar", f.name.upper())
+        if "choices" in meta:
+            common["choices"] = meta["choices"]
+        else:
+            common["metavar"] = meta.get("metavar", f.name.upper())
         if kind == tuple[float, float]:
             common["type"] = parse_range
         elif typing.get_origin(kind) is tuple:

@@ -1,8 +1,10 @@
 """Flags shared by the `sam-jax` sub-commands, each defined once here.
 
 A flag that two sub-commands offer has one spelling, metavar and help text; only what it
-names (a mask PNG, a folder) and its default may differ per sub-command. Parsing stays
-free of jax: nothing here imports the model code.
+names (a mask PNG, a folder) and its default may differ per sub-command. --point / --box
+prompts carry an optional object id and `group_prompts` turns them into objects
+(PROMPTS_HELP states the rules). Parsing stays free of jax: nothing here imports the model
+code.
 """
 
 from __future__ import annotations
@@ -10,50 +12,136 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 CHECKPOINT_HELP = (
-    "a .pt/.pth file (Meta or ultralytics, read without torch), a sam_jax .safetensors file "
-    "or the name of a bundled model"
+    "a .pt/.pth file (Meta or ultralytics, read without torch), a sam_jax .safetensors file, "
+    "a Hugging Face transformers folder or the name of a bundled model"
 )
-_POINT_FORMATS = ("X,Y", "X,Y,LABEL")
-_BOX_FORMAT = "X0,Y0,X1,Y1"
+POINT_METAVAR = "X,Y[,LABEL][@OBJ]"
+BOX_METAVAR = "X0,Y0,X1,Y1[@OBJ]"
+PROMPTS_HELP = """\
+Prompts: --point X,Y[,LABEL][@OBJ] (a click; LABEL 1 foreground, the default, or 0
+background) and --box X0,Y0,X1,Y1[@OBJ], both repeatable. @OBJ names the object (an id
+from 1 to 65535) that the prompt belongs to. Without it a point belongs to object 1 and the
+n-th box to object n, so `--box A --box B` are two objects and `--point P --box A` one.
+An object has at most one box and any number of points.
+"""
+_MAX_OBJECT_ID = 65535  # a 16-bit label PNG holds the ids
 
 
-def _numbers(text: str, flag: str, formats: Sequence[str]) -> list[float]:
-    counts = {f.count(",") + 1 for f in formats}
+class Point(NamedTuple):
+    """One --point: pixels (x, y), label 1 (foreground) or 0, object id (None: object 1)."""
+
+    x: float
+    y: float
+    label: int
+    obj: int | None = None
+
+
+class Box(NamedTuple):
+    """One --box: pixels x0, y0, x1, y1 and object id (None: numbered by position)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    obj: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectPrompt:
+    """The prompts of one object: points (N, 2) and labels (N,) (N may be 0), a box (4,)
+    xyxy or None."""
+
+    obj_id: int
+    points: np.ndarray
+    labels: np.ndarray
+    box: np.ndarray | None
+
+
+def _split_object(text: str, flag: str, formats: str) -> tuple[str, int | None]:
+    """ "...@OBJ" -> ("...", OBJ); no "@" -> (text, None)."""
+    if "@" not in text:
+        return text, None
+    body, _, obj = text.partition("@")
+    if not obj.isdigit() or not 1 <= int(obj) <= _MAX_OBJECT_ID:
+        raise argparse.ArgumentTypeError(
+            f"{flag} must be {formats} with OBJ an integer object id from 1 to "
+            f"{_MAX_OBJECT_ID}; got {text!r}"
+        )
+    return body, int(obj)
+
+
+def _numbers(text: str, flag: str, counts: set[int], formats: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
     if len(values) not in counts or not all(np.isfinite(values)):
         raise argparse.ArgumentTypeError(
-            f"{flag} must be {' or '.join(formats)} with finite numbers; got {text!r}"
+            f"{flag} must be {formats} with finite numbers; got {text!r}"
         )
     return values
 
 
-def parse_point(text: str) -> tuple[float, float, int]:
-    """ "X,Y" or "X,Y,LABEL" -> (x, y, label); label 1 (foreground, the default) or 0."""
-    values = _numbers(text, "--point", _POINT_FORMATS)
+def parse_point(text: str) -> Point:
+    """ "X,Y", "X,Y,LABEL", each optionally followed by "@OBJ" -> Point; LABEL 1
+    (foreground, the default) or 0 (background)."""
+    formats = "X,Y or X,Y,LABEL (then optionally @OBJ)"
+    body, obj = _split_object(text, "--point", formats)
+    values = _numbers(body, "--point", {2, 3}, formats)
     label = 1 if len(values) == 2 else values[2]
     if label not in (0, 1):
         raise argparse.ArgumentTypeError(
             f"--point label must be 1 (foreground) or 0 (background); got {text!r}"
         )
-    return values[0], values[1], int(label)
+    return Point(values[0], values[1], int(label), obj)
 
 
-def parse_box(text: str) -> tuple[float, float, float, float]:
-    """ "X0,Y0,X1,Y1" -> (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0."""
-    x0, y0, x1, y1 = _numbers(text, "--box", (_BOX_FORMAT,))
+def parse_box(text: str) -> Box:
+    """ "X0,Y0,X1,Y1", optionally followed by "@OBJ" -> Box with x1 >= x0 and y1 >= y0."""
+    formats = "X0,Y0,X1,Y1 (then optionally @OBJ)"
+    body, obj = _split_object(text, "--box", formats)
+    x0, y0, x1, y1 = _numbers(body, "--box", {4}, formats)
     if x1 < x0 or y1 < y0:
         raise argparse.ArgumentTypeError(
-            f"--box must be {_BOX_FORMAT} with X1 >= X0 and Y1 >= Y0; got {text!r}"
+            f"--box must be X0,Y0,X1,Y1 with X1 >= X0 and Y1 >= Y0; got {text!r}"
         )
-    return x0, y0, x1, y1
+    return Box(x0, y0, x1, y1, obj)
+
+
+def group_prompts(
+    points: Sequence[Point] | None, boxes: Sequence[Box] | None
+) -> list[ObjectPrompt]:
+    """The objects that --point / --box flags describe, by increasing id (see PROMPTS_HELP);
+    empty when there is no prompt. ValueError when an object gets two boxes."""
+    box_of: dict[int, np.ndarray] = {}
+    for n, b in enumerate(boxes or [], start=1):
+        obj = n if b.obj is None else b.obj
+        if obj in box_of:
+            raise ValueError(
+                f"object {obj} has two boxes (--box {b.x0:g},{b.y0:g},{b.x1:g},{b.y1:g} and "
+                "an earlier one); give each object one box, e.g. --box X0,Y0,X1,Y1@2"
+            )
+        box_of[obj] = np.array(b[:4], np.float32)
+    clicks: dict[int, list[Point]] = {}
+    for p in points or []:
+        clicks.setdefault(1 if p.obj is None else p.obj, []).append(p)
+    objects = []
+    for obj in sorted(set(box_of) | set(clicks)):
+        mine = clicks.get(obj, [])
+        objects.append(
+            ObjectPrompt(
+                obj_id=obj,
+                points=np.array([p[:2] for p in mine], np.float32).reshape(-1, 2),
+                labels=np.array([p.label for p in mine], np.int32),
+                box=box_of.get(obj),
+            )
+        )
+    return objects
 
 
 def add_hidden_alias(parser: argparse.ArgumentParser, old: str, dest: str, **kwargs: Any) -> None:
@@ -112,18 +200,36 @@ def add_out(
 
 
 def add_prompts(parser: argparse.ArgumentParser, *, pixels_of: str = "image") -> None:
-    """--point X,Y[,LABEL] (repeatable; dest `point`, a list or None) and --box X0,Y0,X1,Y1
-    (dest `box`), in pixels of `pixels_of`."""
+    """--point X,Y[,LABEL][@OBJ] (dest `point`) and --box X0,Y0,X1,Y1[@OBJ] (dest `box`),
+    both repeatable (lists or None), in pixels of `pixels_of`; `group_prompts` turns them
+    into objects (PROMPTS_HELP says how)."""
     parser.add_argument(
         "--point",
         action="append",
         type=parse_point,
-        metavar="X,Y[,LABEL]",
+        metavar=POINT_METAVAR,
         help=f"a click in {pixels_of} pixels; LABEL 1 foreground (default) or 0 background; "
-        "repeatable",
+        "@OBJ: the object it belongs to (1); repeatable",
     )
     parser.add_argument(
-        "--box", type=parse_box, metavar=_BOX_FORMAT, help=f"a box in {pixels_of} pixels"
+        "--box",
+        action="append",
+        type=parse_box,
+        metavar=BOX_METAVAR,
+        help=f"a box in {pixels_of} pixels; @OBJ: its object (the n-th box: n); repeatable",
+    )
+
+
+def add_output_mode(parser: argparse.ArgumentParser) -> None:
+    """--output-mode MODE (dest `output_mode`): how the JSON records hold the masks."""
+    parser.add_argument(
+        "--output-mode",
+        choices=("uncompressed_rle", "coco_rle", "binary_mask"),
+        default="uncompressed_rle",
+        help="masks in the JSON records: uncompressed_rle (COCO's {size, counts: [runs]}, "
+        "column-major), coco_rle (compressed, pycocotools' mask.decode reads it; needs "
+        "pip install 'sam-jax[data]') or binary_mask (each mask a 0/255 PNG in OUT_masks/, "
+        "the record names the file) (%(default)s)",
     )
 
 
@@ -132,27 +238,77 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages or bar")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GeneratorFlag:
-    """One option of segment-everything, offered as --NAME-WITH-DASHES."""
+    """One option of segment-everything, offered as --NAME-WITH-DASHES (bool options as
+    --NAME / --no-NAME). `default` is what --help shows: the generator's own default,
+    which applies when the flag is not given."""
 
     type: type
-    default: float
-    metavar: str
+    default: Any
+    metavar: str | None
     help: str
 
 
-# Segment-everything options, Meta's names; defaults are SAM's own.
+# Segment-everything options, Meta's names; defaults are the generator's (MaskGenerator's
+# FAMILY_DEFAULTS where they depend on the model).
 GENERATOR_FLAGS: dict[str, GeneratorFlag] = {
-    "points_per_side": GeneratorFlag(int, 32, "N", "grid points per side"),
-    "points_per_batch": GeneratorFlag(int, 64, "N", "prompts per decoder batch"),
-    "pred_iou_thresh": GeneratorFlag(float, 0.88, "T", "keep masks whose predicted IoU > T"),
-    "stability_score_thresh": GeneratorFlag(
-        float, 0.95, "T", "keep masks whose stability score > T"
+    "points_per_side": GeneratorFlag(
+        type=int, default=32, metavar="N", help="grid points per side"
     ),
-    "crop_n_layers": GeneratorFlag(int, 0, "N", "extra layers of image crops"),
+    "points_per_batch": GeneratorFlag(
+        type=int, default=64, metavar="N", help="prompts per decoder batch"
+    ),
+    "pred_iou_thresh": GeneratorFlag(
+        type=float,
+        default="0.88 for SAM, 0.8 for SAM 2",
+        metavar="T",
+        help="keep masks whose predicted IoU > T",
+    ),
+    "stability_score_thresh": GeneratorFlag(
+        type=float, default=0.95, metavar="T", help="keep masks whose stability score > T"
+    ),
+    "stability_score_offset": GeneratorFlag(
+        type=float,
+        default="0.95 for SAM, 1.0 for SAM 2",
+        metavar="D",
+        help="stability score: IoU of the masks at the mask threshold - D and + D",
+    ),
+    "mask_threshold": GeneratorFlag(
+        type=float, default=0.0, metavar="T", help="a pixel is in a mask when its logit > T"
+    ),
+    "box_nms_thresh": GeneratorFlag(
+        type=float, default=0.7, metavar="T", help="drop masks whose box IoU with a better one > T"
+    ),
+    "crop_n_layers": GeneratorFlag(
+        type=int, default=0, metavar="N", help="extra layers of image crops"
+    ),
+    "crop_nms_thresh": GeneratorFlag(
+        type=float, default=0.7, metavar="T", help="as --box-nms-thresh, between crops"
+    ),
+    "crop_overlap_ratio": GeneratorFlag(
+        type=float,
+        default=round(512 / 1500, 4),
+        metavar="R",
+        help="overlap of the first layer's crops, a fraction of the image's short side",
+    ),
+    "crop_n_points_downscale_factor": GeneratorFlag(
+        type=int, default=1, metavar="F", help="points per side divided by F in each crop layer"
+    ),
     "min_mask_region_area": GeneratorFlag(
-        int, 0, "A", "fill holes and drop islands smaller than A pixels, 0: off"
+        type=int,
+        default=0,
+        metavar="A",
+        help="fill holes and drop islands smaller than A pixels, 0: off",
+    ),
+    "multimask_output": GeneratorFlag(
+        type=bool, default=True, metavar=None, help="three candidate masks per grid point, else one"
+    ),
+    "use_m2m": GeneratorFlag(
+        type=bool,
+        default=False,
+        metavar=None,
+        help="refine each mask once from its own logits (SAM 2's mask-to-mask step)",
     ),
 }
 
@@ -160,19 +316,32 @@ GENERATOR_FLAGS: dict[str, GeneratorFlag] = {
 def add_generator_flags(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     names: Sequence[str] = tuple(GENERATOR_FLAGS),
-    **defaults: float,
+    **defaults: Any,
 ) -> None:
     """The segment-everything options `names` (keys of GENERATOR_FLAGS), each stored under
-    its key; `defaults` replaces SAM's default for a sub-command (shown in --help)."""
+    its key. A flag not given stores None (the generator's default applies, see
+    `generator_options`) unless `defaults` sets a value for this sub-command (shown in
+    --help)."""
     unknown = set(names) - set(GENERATOR_FLAGS) | set(defaults) - set(names)
     if unknown:
         raise ValueError(f"not segment-everything flags of this parser: {sorted(unknown)}")
     for name in names:
         flag = GENERATOR_FLAGS[name]
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            type=flag.type,
-            default=defaults.get(name, flag.default),
-            metavar=flag.metavar,
-            help=flag.help + " (%(default)s)",
-        )
+        shown = defaults.get(name, flag.default)
+        kwargs: dict[str, Any] = {"default": defaults.get(name)}
+        if flag.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+            shown = "on" if shown else "off"
+        else:
+            kwargs.update(type=flag.type, metavar=flag.metavar)
+        parser.add_argument("--" + name.replace("_", "-"), help=f"{flag.help} ({shown})", **kwargs)
+
+
+def generator_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The segment-everything options given on the command line (or set by a sub-command's
+    defaults), for MaskGenerator(model, params, **options)."""
+    return {
+        name: getattr(args, name)
+        for name in GENERATOR_FLAGS
+        if getattr(args, name, None) is not None
+    }

@@ -1,12 +1,42 @@
-"""Image files for the `sam-jax` sub-commands: reading, writing and mask overlays."""
+"""Image files for the `sam-jax` sub-commands: finding, reading and writing them (every
+write atomic: a file is complete or absent), label pictures and mask overlays."""
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(spec: str) -> tuple[list[Path], bool]:
+    """The image files `spec` names and whether it names a set: (paths, many).
+
+    A file gives ([it], False); a folder its files with an IMAGE_SUFFIXES suffix and a glob
+    pattern (with * ? or [) its matching files, sorted by name, with many True.
+    FileNotFoundError for a missing path, ValueError for a set without images."""
+    path = Path(spec)
+    if path.is_file():
+        return [path], False
+    if path.is_dir():
+        found = sorted(
+            p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+        if not found:
+            raise ValueError(
+                f"no image files in folder {spec} (looked for {', '.join(IMAGE_SUFFIXES)})"
+            )
+        return found, True
+    if glob.has_magic(spec):
+        found = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
+        if not found:
+            raise ValueError(f"no files match {spec}")
+        return found, True
+    raise FileNotFoundError(f"no such image file: {path}")
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -29,12 +59,31 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: {why}") from e
 
 
+def save_picture(picture: Any, path: Path, fmt: str = "PNG", **options: Any) -> None:
+    """Write a PIL image atomically in format `fmt`, creating its folder; `options` go to
+    PIL's save (e.g. save_all=True for an animation)."""
+    from sam_jax.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: picture.save(tmp, format=fmt, **options))
+
+
 def save_png(array: np.ndarray, path: Path) -> None:
-    """Write a (H, W) or (H, W, 3) array as a PNG file, creating its folder."""
+    """Write a (H, W) or (H, W, 3) array as a PNG file, atomically, creating its folder."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
+    save_picture(Image.fromarray(array), path)
+
+
+def label_image(
+    shape: tuple[int, int], masks: Sequence[np.ndarray], values: Sequence[int]
+) -> np.ndarray:
+    """(H, W) picture of (H, W) bool masks: 0 outside them, values[i] inside masks[i];
+    where masks overlap the smaller one wins. uint8 when every value fits, else uint16."""
+    dtype = np.uint8 if max(values, default=0) <= 255 else np.uint16
+    labels = np.zeros(shape, dtype)
+    for i in sorted(range(len(masks)), key=lambda i: -int(masks[i].sum())):  # largest first
+        labels[masks[i]] = values[i]
+    return labels
 
 
 def overlay_path(out: Path) -> Path:
@@ -58,10 +107,11 @@ def overlay(image: np.ndarray, masks: Sequence[np.ndarray], alpha: float = 0.5) 
 
 def draw_prompts(
     picture: Any,
-    points: Sequence[tuple[float, float, int]],
-    box: Sequence[float] | None,
+    points: Sequence[tuple[float, float, int]] | np.ndarray,
+    boxes: Sequence[Sequence[float]] | np.ndarray | None,
 ) -> None:
-    """Draw clicks (green foreground, red background) and a box onto a PIL image in place."""
+    """Draw clicks (x, y, label) (green foreground, red background) and xyxy boxes onto a
+    PIL image in place."""
     from PIL import ImageDraw
 
     draw = ImageDraw.Draw(picture)
@@ -69,5 +119,5 @@ def draw_prompts(
     for x, y, label in points:
         colour = (0, 255, 0) if label == 1 else (255, 0, 0)
         draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=(255, 255, 255))
-    if box is not None:
-        draw.rectangle(list(box), outline=(0, 128, 255), width=max(2, r // 2))
+    for box in [] if boxes is None else boxes:
+        draw.rectangle([float(v) for v in box], outline=(0, 128, 255), width=max(2, r // 2))

@@ -1,8 +1,10 @@
-"""`sam-jax segment`: masks for an image file from point / box prompts, or of everything."""
+"""`sam-jax segment`: masks for images from point / box prompts on one or several objects,
+or of everything in them."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,125 +12,235 @@ from typing import Any
 import numpy as np
 
 from sam_jax.cli import flags
-from sam_jax.cli.images import draw_prompts, overlay, overlay_path, read_image, save_png
+from sam_jax.cli.images import (
+    draw_prompts,
+    label_image,
+    list_images,
+    overlay,
+    overlay_path,
+    read_image,
+    save_picture,
+    save_png,
+)
 
-DESCRIPTION = """\
-Segment IMAGE with a SAM / MobileSAM / SAM 2 checkpoint.
+DESCRIPTION = f"""\
+Segment IMAGES with a SAM / MobileSAM / SAM 2 checkpoint. IMAGES is an image file, a
+folder (its image files) or a quoted glob pattern such as 'photos/*.jpg'.
 
-Prompted mode (--point and/or --box): OUT is the mask as an 8-bit grayscale PNG of the
-image's size (255 inside, 0 outside). With a single point and no box the best of the three
-candidate masks is kept; otherwise one mask is predicted.
+Outputs: for an image file, --out OUT.png; for a folder or pattern, --out DIR and, for each
+image NAME.ext, DIR/NAME.png. Beside each PNG go NAME_overlay.png (the masks tinted on the
+image) and NAME.json (a list of records, one per mask, holding the mask as --output-mode
+says).
 
-Everything mode (--everything): OUT is a label PNG (0 = no mask, i = i-th mask; 16-bit when
-there are more than 255 masks; larger masks are painted first, so smaller ones stay on top).
+Prompted mode (--point / --box): with one object the PNG is its mask (255 inside, 0
+outside); with several it is a label PNG (each object's pixels hold its id, 0 elsewhere;
+where masks overlap the smaller one is on top). An object prompted with a single point and
+no box keeps the best of three candidate masks; any other object gets one mask. Records:
+object_id, segmentation, area, bbox [x, y, w, h], predicted_iou, point_coords,
+point_labels, box [x0, y0, x1, y1] or null.
 
-Both modes also write an overlay picture next to OUT: OUT's name with the suffix
-'_overlay.png' (out.png -> out_overlay.png).
-"""
+Everything mode (--everything): the PNG is a label PNG (0 = no mask, i = the i-th record;
+16-bit when there are more than 255 masks; smaller masks on top). Records as Meta's
+scripts/amg.py writes them, largest mask first: segmentation, area, bbox, predicted_iou,
+point_coords, stability_score, crop_box.
+
+{flags.PROMPTS_HELP}"""
 
 
-def _check_request(args: argparse.Namespace) -> list[tuple[float, float, int]]:
-    """The clicks; ValueError when the flags ask for nothing or for both modes."""
-    if Path(args.out).suffix.lower() != ".png":
-        raise ValueError(f"--out must be a .png path; got {args.out!r}")
-    points = args.point or []
-    if args.everything and (points or args.box is not None):
+def _check_request(args: argparse.Namespace) -> list[flags.ObjectPrompt]:
+    """The prompted objects; ValueError when the flags ask for nothing or for both modes,
+    or for an output mode that cannot run here."""
+    objects = flags.group_prompts(args.point, args.box)
+    if args.everything and objects:
         raise ValueError("--everything segments the whole image; drop --point/--box or it")
-    if not args.everything and not points and args.box is None:
+    if not args.everything and not objects:
         raise ValueError(
-            "nothing to segment: give --point X,Y[,LABEL] and/or --box, or --everything"
+            f"nothing to segment: give --point {flags.POINT_METAVAR} and/or --box "
+            f"{flags.BOX_METAVAR}, or --everything"
         )
-    return points
+    if args.output_mode == "coco_rle":
+        from sam_jax.predictors.amg_output import check_output_mode
+
+        try:
+            check_output_mode(args.output_mode)
+        except ImportError as e:
+            raise ValueError(str(e)) from e
+    return objects
 
 
-def _warn_outside(points: list[tuple[float, float, int]], image: np.ndarray) -> None:
-    h, w = image.shape[:2]
-    for x, y, _ in points:
-        if not (0 <= x < w and 0 <= y < h):
-            print(
-                f"sam-jax: warning: point ({x:g}, {y:g}) lies outside the {w}x{h} image",
-                file=sys.stderr,
+def _outputs(out: str, paths: list[Path], many: bool) -> list[Path]:
+    """The output PNG of each image: `out` itself for one image file, else out/NAME.png."""
+    if not many:
+        if Path(out).suffix.lower() != ".png":
+            raise ValueError(f"--out must be a .png path; got {out!r}")
+        return [Path(out)]
+    if Path(out).suffix.lower() == ".png" or Path(out).is_file():
+        raise ValueError(
+            f"--out must be a folder when IMAGES is a folder or a pattern; got {out!r}"
+        )
+    named: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in named:
+            raise ValueError(
+                f"{named[p.stem]} and {p} would both write {Path(out) / p.stem}.png; "
+                "rename one or segment them separately"
             )
+        named[p.stem] = p
+    return [Path(out) / f"{p.stem}.png" for p in paths]
 
 
-def _everything(args: argparse.Namespace, predictor: Any, image: np.ndarray, out: Path):
-    """Write the label PNG; return the overlay picture and a summary."""
+def _warn_outside(objects: list[flags.ObjectPrompt], image: np.ndarray, path: Path) -> None:
+    h, w = image.shape[:2]
+    for obj in objects:
+        for x, y in obj.points:
+            if not (0 <= x < w and 0 <= y < h):
+                print(
+                    f"sam-jax: warning: point ({x:g}, {y:g}) lies outside the {w}x{h} image {path}",
+                    file=sys.stderr,
+                )
+
+
+def _write_json(records: list[dict[str, Any]], keys: list[int], png: Path, mode: str) -> Path:
+    """Write the records (segmentation an (H, W) bool mask) to png's .json, the masks as
+    `mode` says; binary_mask writes mask `keys[i]` to NAME_masks/<key>.png."""
+    from sam_jax.checkpoint import atomic_write
+    from sam_jax.predictors.amg_output import encode_mask
+
+    rows = []
+    for key, r in zip(keys, records, strict=True):
+        if mode == "binary_mask":
+            rel = f"{png.stem}_masks/{key}.png"
+            save_png(r["segmentation"].astype(np.uint8) * 255, png.parent / rel)
+            seg = rel
+        else:
+            seg = encode_mask(r["segmentation"], mode)
+        rows.append({**r, "segmentation": seg})
+    path = png.with_suffix(".json")
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(rows)))
+    return path
+
+
+def _everything(
+    args: argparse.Namespace, generator: Any, image: np.ndarray, png: Path
+) -> tuple[Any, str]:
+    """Write the label PNG and the records; return the overlay picture and a summary."""
     from PIL import Image
 
-    options = {name: getattr(args, name) for name in flags.GENERATOR_FLAGS}
-    records = predictor.generate(image, **options, progress=not args.quiet)
-    records = sorted(records, key=lambda r: r["area"], reverse=True)
-    labels = np.zeros(image.shape[:2], np.uint16 if len(records) > 255 else np.uint8)
-    for i, r in enumerate(records):
-        labels[r["segmentation"]] = i + 1
-    save_png(labels, out)
-    picture = Image.fromarray(overlay(image, [r["segmentation"] for r in records]))
-    return picture, f"{len(records)} masks"
+    records = sorted(generator.generate(image), key=lambda r: r["area"], reverse=True)
+    masks = [r["segmentation"] for r in records]
+    keys = list(range(1, len(records) + 1))
+    save_png(label_image(image.shape[:2], masks, keys), png)
+    _write_json(records, keys, png, args.output_mode)
+    return Image.fromarray(overlay(image, masks)), f"{len(records)} masks"
 
 
-def _prompted(args: argparse.Namespace, predictor: Any, image: np.ndarray, out: Path, points):
-    """Write the mask PNG; return the overlay picture (prompts drawn) and a summary."""
-    from PIL import Image
+def _object_record(predictor: Any, obj: flags.ObjectPrompt) -> dict[str, Any]:
+    """Predict one object's mask on the predictor's image; its record (see DESCRIPTION)."""
+    from sam_jax.predictors import amg
 
-    predictor.set_image(image)
-    coords = np.array([p[:2] for p in points], np.float32).reshape(-1, 2)
-    labels = np.array([p[2] for p in points], np.int32)
+    clicks = len(obj.points) > 0
     masks, scores, _ = predictor.predict(
-        point_coords=coords if points else None,
-        point_labels=labels if points else None,
-        box=None if args.box is None else np.array(args.box, np.float32),
-        multimask_output=len(points) == 1 and args.box is None,
+        point_coords=obj.points if clicks else None,
+        point_labels=obj.labels if clicks else None,
+        box=obj.box,
+        multimask_output=len(obj.points) == 1 and obj.box is None,
     )
     best = int(np.argmax(scores))
     mask = masks[best]
-    save_png(mask.astype(np.uint8) * 255, out)
-    picture = Image.fromarray(overlay(image, [mask]))
-    draw_prompts(picture, points, args.box)
-    return picture, f"mask of {int(mask.sum())} px, predicted IoU {float(scores[best]):.3f}"
+    return {
+        "object_id": obj.obj_id,
+        "segmentation": mask,
+        "area": int(mask.sum()),
+        "bbox": amg.box_xyxy_to_xywh(amg.masks_to_boxes(mask)),
+        "predicted_iou": float(scores[best]),
+        "point_coords": obj.points.tolist(),
+        "point_labels": obj.labels.tolist(),
+        "box": None if obj.box is None else obj.box.tolist(),
+    }
+
+
+def _prompted(
+    args: argparse.Namespace,
+    predictor: Any,
+    image: np.ndarray,
+    png: Path,
+    objects: list[flags.ObjectPrompt],
+) -> tuple[Any, str]:
+    """Write the mask (or label) PNG and the records; return the overlay picture (prompts
+    drawn) and a summary."""
+    from PIL import Image
+
+    predictor.set_image(image)
+    records = [_object_record(predictor, obj) for obj in objects]
+    masks = [r["segmentation"] for r in records]
+    keys = [obj.obj_id for obj in objects]
+    save_png(label_image(image.shape[:2], masks, [255] if len(objects) == 1 else keys), png)
+    _write_json(records, keys, png, args.output_mode)
+    picture = Image.fromarray(overlay(image, masks))
+    clicks = [(x, y, lab) for o in objects for (x, y), lab in zip(o.points, o.labels, strict=True)]
+    draw_prompts(picture, clicks, [o.box for o in objects if o.box is not None])
+    if len(records) == 1:
+        r = records[0]
+        return picture, f"mask of {r['area']} px, predicted IoU {r['predicted_iou']:.3f}"
+    return picture, f"{len(records)} objects"
 
 
 def run(args: argparse.Namespace) -> None:
-    """Segment args.image as the flags say; write args.out and its overlay."""
-    points = _check_request(args)
-    image = read_image(args.image)
-    _warn_outside(points, image)
+    """Segment the images args.image names as the flags say; write the outputs."""
+    objects = _check_request(args)
+    paths, many = list_images(args.image)
+    pngs = _outputs(args.out, paths, many)
 
-    from sam_jax import Predictor
+    from sam_jax import MaskGenerator, Predictor
     from sam_jax.checkpoint import load
 
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     say(f"loading {args.checkpoint}")
     model, params = load(args.checkpoint, variant=args.variant, image_size=args.image_size)
-    predictor = Predictor(model, params)
     size = f"{model.config.name}, {model.config.image_size} px input"
-    out = Path(args.out)
     if args.everything:
-        say(f"segmenting everything ({size})")
-        picture, summary = _everything(args, predictor, image, out)
+        options = flags.generator_options(args)
+        generator = MaskGenerator(model, params, **options, progress=not args.quiet)
     else:
-        say(f"encoding the image ({size})")
-        picture, summary = _prompted(args, predictor, image, out, points)
-    over = overlay_path(out)
-    picture.save(over, format="PNG")
-    print(f"{out} ({summary}), overlay {over}")
+        predictor = Predictor(model, params)
+    for path, png in zip(paths, pngs, strict=True):
+        image = read_image(path)
+        if args.everything:
+            say(f"segmenting everything in {path} ({size})")
+            picture, summary = _everything(args, generator, image, png)
+        else:
+            _warn_outside(objects, image, path)
+            say(f"encoding {path} ({size})")
+            picture, summary = _prompted(args, predictor, image, png, objects)
+        over = overlay_path(png)
+        save_picture(picture, over)
+        print(f"{png} ({summary}), overlay {over}, records {png.with_suffix('.json')}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `segment` on the sub-command parsers `sub`."""
     p = sub.add_parser(
         "segment",
-        help="segment an image from --point/--box prompts or --everything; writes OUT.png "
-        "and OUT_overlay.png",
+        help="segment images from --point/--box prompts (one or several objects) or "
+        "--everything; writes a mask PNG, an overlay and JSON records per image",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("image", metavar="IMAGE", help="image file (any format Pillow reads)")
+    p.add_argument(
+        "image",
+        metavar="IMAGES",
+        help="an image file (any format Pillow reads), a folder of images or a quoted glob pattern",
+    )
     flags.add_checkpoint(p)
     flags.add_out(
-        p, metavar="OUT.png", help="output mask PNG; the overlay goes to OUT_overlay.png beside it"
+        p,
+        metavar="OUT.png",
+        help="output mask PNG for an image file (overlay OUT_overlay.png, records OUT.json "
+        "beside it); an output folder for a folder or pattern",
     )
     flags.add_prompts(p)
     p.add_argument("--everything", action="store_true", help="segment everything (no prompts)")
+    flags.add_output_mode(p)
     flags.add_variant(p)
     flags.add_image_size(p)
     flags.add_generator_flags(p.add_argument_group("--everything options"))

@@ -1,4 +1,5 @@
-"""`sam-jax track`: prompt one object on one frame, track it through a video, write masks."""
+"""`sam-jax track`: prompt one or several objects on one frame, track them through a video,
+write per-frame masks and an overlay animation."""
 
 from __future__ import annotations
 
@@ -8,7 +9,18 @@ from pathlib import Path
 import numpy as np
 
 from sam_jax.cli import flags
-from sam_jax.cli.images import overlay
+from sam_jax.cli.images import label_image, overlay, save_picture, save_png
+
+DESCRIPTION = f"""\
+Track objects prompted on frame --frame of FRAMES_OR_VIDEO through the whole video (frames
+after it, then frames before it) with a SAM 2 checkpoint.
+
+Outputs in --out DIR: mask_NNNNN.png for every frame (with one object its mask, 255 inside
+and 0 outside; with several a label PNG whose pixels hold each object's id, 0 elsewhere,
+the smaller mask on top where masks overlap) and overlay.gif (the masks tinted on the
+frames).
+
+{flags.PROMPTS_HELP}"""
 
 
 def _load_sam2(args: argparse.Namespace):
@@ -24,52 +36,65 @@ def _load_sam2(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> None:
-    """Track the object prompted on args.frame; write args.out/mask_NNNNN.png, overlay.gif."""
+    """Track the objects prompted on args.frame; write args.out/mask_NNNNN.png, overlay.gif."""
     from PIL import Image
 
     from sam_jax import VideoPredictor
     from sam_jax.video_io import open_frames
 
-    points = args.point or []
-    if not points and args.box is None:
-        raise ValueError("nothing to track: give --point X,Y[,LABEL] and/or --box X0,Y0,X1,Y1")
+    objects = flags.group_prompts(args.point, args.box)
+    if not objects:
+        raise ValueError(
+            f"nothing to track: give --point {flags.POINT_METAVAR} and/or --box {flags.BOX_METAVAR}"
+        )
     frames = open_frames(args.frames)
     if not 0 <= args.frame < len(frames):
         raise ValueError(f"--frame {args.frame} is outside the video's {len(frames)} frames")
     model, params = _load_sam2(args)
     vp = VideoPredictor(model, params, progress=not args.quiet)
     state = vp.init_state(frames)
-    vp.add_new_points_or_box(
-        state,
-        frame_idx=args.frame,
-        obj_id=1,
-        points=np.array([p[:2] for p in points], np.float32) if points else None,
-        labels=np.array([p[2] for p in points], np.int32) if points else None,
-        box=None if args.box is None else np.array(args.box, np.float32),
-    )
+    for obj in objects:
+        clicks = len(obj.points) > 0
+        vp.add_new_points_or_box(
+            state,
+            frame_idx=args.frame,
+            obj_id=obj.obj_id,
+            points=obj.points if clicks else None,
+            labels=obj.labels if clicks else None,
+            box=obj.box,
+        )
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     pictures = {}
     for reverse in (False, True):  # frames after the prompt, then those before it
-        for f, _, logits in vp.propagate_in_video(
+        for f, obj_ids, logits in vp.propagate_in_video(
             state, start_frame_idx=args.frame, reverse=reverse
         ):
-            mask = logits[0] > 0
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"mask_{f:05d}.png")
-            pictures[f] = Image.fromarray(overlay(frames[f], [mask]))
+            masks = list(logits > 0)
+            values = [255] if len(obj_ids) == 1 else [int(i) for i in obj_ids]
+            save_png(label_image(masks[0].shape, masks, values), out / f"mask_{f:05d}.png")
+            pictures[f] = Image.fromarray(overlay(np.asarray(frames[f]), masks))
     ordered = [pictures[f] for f in sorted(pictures)]
-    ordered[0].save(
-        out / "overlay.gif", save_all=True, append_images=ordered[1:], duration=80, loop=0
+    save_picture(
+        ordered[0],
+        out / "overlay.gif",
+        "GIF",
+        save_all=True,
+        append_images=ordered[1:],
+        duration=80,
+        loop=0,
     )
-    print(f"tracked {len(ordered)} frames: {out}/mask_*.png and {out}/overlay.gif")
+    what = "1 object" if len(objects) == 1 else f"{len(objects)} objects"
+    print(f"tracked {what} over {len(ordered)} frames: {out}/mask_*.png and {out}/overlay.gif")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `track` on the sub-command parsers `sub`."""
     p = sub.add_parser(
         "track",
-        help="track an object prompted on one frame through a video (SAM 2); writes per-frame "
+        help="track objects prompted on one frame through a video (SAM 2); writes per-frame "
         "masks and an overlay animation",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "frames", metavar="FRAMES_OR_VIDEO", help="a folder of JPEG/PNG frames or a video file"

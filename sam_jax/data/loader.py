@@ -177,6 +177,9 @@ def image_loader(
             after augmentation, letterboxed by `letterbox_mask`;
     valid   (B, K) bool, False for padding slots (an image with fewer than K objects);
             their masks are all False;
+    ignore  (B, S, S) bool, the sample's void pixels (COCO crowd regions, a mask folder's
+            void value) augmented and letterboxed as the masks (the letterbox's padding is
+            known background);
     index   (B,) int64, each image's dataset index.
 
     shard_index / shard_count default to jax.process_index() / jax.process_count();
@@ -202,12 +205,16 @@ def image_loader(
     def example(i: int, step: int, slot: int) -> dict[str, np.ndarray]:
         sample = dataset[i]
         rng = _rng(plan, step, slot, _AUGMENT)
-        image, masks = augment_image(sample.image, sample.masks, plan.augment, rng)
+        # the void pixels ride along as one more mask: the same geometry as the objects'
+        stacked = np.concatenate([sample.masks, sample.ignore[None]])
+        image, stacked = augment_image(sample.image, stacked, plan.augment, rng)
+        masks, ignore = stacked[:-1], stacked[-1]
         masks, valid = sample_objects(masks, plan.objects, _rng(plan, step, slot, _OBJECTS))
         return {
             "images": letterbox(image, plan.image_size),
             "masks": letterbox_mask(masks, plan.image_size),
             "valid": valid,
+            "ignore": letterbox_mask(ignore[None], plan.image_size)[0],
             "index": np.int64(i),
         }
 
@@ -261,6 +268,7 @@ def clip_loader(
             pixels in the window's first frame (where they are prompted), all False where
             an object is absent;
     valid   (B, K) bool, False for padding slots; their masks are all False in every frame;
+    ignore  (B, T, S, S) bool, void pixels (unannotated frames: all), as the masks;
     index   (B,) int64, each clip's video index in the dataset.
 
     Sharding, prefetch and resuming as `image_loader`.
@@ -292,12 +300,15 @@ def clip_loader(
     def example(i: int, step: int, slot: int) -> dict[str, np.ndarray]:
         clip = _window(dataset, i, clip_len, _rng(plan, step, slot, _WINDOW))
         rng = _rng(plan, step, slot, _AUGMENT)
-        frames, masks = augment_clip(clip.frames, clip.masks, plan.augment, rng)
+        stacked = np.concatenate([clip.masks, clip.ignore[:, None]], axis=1)
+        frames, stacked = augment_clip(clip.frames, stacked, plan.augment, rng)
+        masks, ignore = stacked[:, :-1], stacked[:, -1]
         masks, valid = sample_objects(masks, plan.objects, _rng(plan, step, slot, _OBJECTS))
         return {
             "clips": _letterbox_frames(frames, plan.image_size),
             "masks": letterbox_mask(masks, plan.image_size),
             "valid": valid,
+            "ignore": letterbox_mask(ignore, plan.image_size),
             "index": np.int64(i),
         }
 

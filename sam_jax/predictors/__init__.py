@@ -1,15 +1,19 @@
 """Predictors: prompts in original-image pixels in, masks at the original size out.
 
 `image.Predictor` segments one image from prompts, `mask_generator.MaskGenerator` segments
-everything in an image, `video.VideoPredictor` tracks prompted objects through a video.
+everything in an image, `video.VideoPredictor` tracks prompted objects through a video,
+`stream.StreamTracker` through frames fed one at a time.
 `prompts` holds the prompt validation they share, `resample` the bilinear resampling between
 the letterboxed model frame and the original image, `amg` the segment-everything helpers.
-The video predictor's parts: `history` (per-frame outputs, in RAM or on disk),
-`video_state` (a session), `video_propagation` (which frames run, chunk by chunk) and
+The video predictor's parts: `history` (per-frame outputs, in RAM, on disk or, for
+streams, in a ring), `video_state` (a session), `video_prompts` (prompts in model pixels,
+several objects per call), `video_propagation` (which frames run, chunk by chunk) and
 `video_compiled` (its jit-compiled functions).
 """
 
 from sam_jax.predictors.image import Predictor
 from sam_jax.predictors.mask_generator import MaskGenerator
+from sam_jax.predictors.stream import StreamTracker
+from sam_jax.predictors.video import VideoPredictor
 
-__all__ = ["MaskGenerator", "Predictor"]
+__all__ = ["MaskGenerator", "Predictor", "StreamTracker", "VideoPredictor"]

@@ -1,5 +1,6 @@
 """Segment-everything helpers in numpy: point grids, crop boxes, box NMS, boxes of masks,
-connected components and small-region removal. No OpenCV, SciPy or torchvision needed.
+connected components and small-region removal (with the NMS that follows it). No OpenCV,
+SciPy or torchvision needed.
 
 Boxes are xyxy with inclusive pixel indices (x1, y1 is the last covered pixel), areas are
 (x1 - x0) * (y1 - y0), as in the reference implementation.
@@ -135,8 +136,9 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Returns (labels, sizes): labels (H, W) int32 with 0 for background and 1..n numbered as
     OpenCV numbers them (by the first 2x2 block, in raster order, holding a pixel of the
-    component); sizes (n + 1,) pixel counts (sizes[0] is the background). Works on horizontal runs joined by a small union-find, so its cost
-    grows with the number of runs, not of pixels.
+    component); sizes (n + 1,) pixel counts (sizes[0] is the background). Works on
+    horizontal runs joined by a small union-find, so its cost grows with the number of runs,
+    not of pixels.
     """
     mask = np.asarray(mask, bool)
     h, w = mask.shape
@@ -224,3 +226,20 @@ def remove_small_regions(
 def box_xyxy_to_xywh(box: np.ndarray) -> list[int]:
     x0, y0, x1, y1 = (int(v) for v in box)
     return [x0, y0, x1 - x0, y1 - y0]
+
+
+def postprocess_small_regions(
+    masks: np.ndarray, min_area: float, nms_thresh: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, H, W) bool masks with holes and islands smaller than min_area pixels removed,
+    then box NMS over them at nms_thresh to drop the duplicates this creates; masks that
+    changed rank below unchanged ones. Returns (kept masks, their indices in `masks`)."""
+    cleaned, scores = [], []
+    for mask in masks:
+        mask, changed_holes = remove_small_regions(mask, min_area, "holes")
+        mask, changed_islands = remove_small_regions(mask, min_area, "islands")
+        cleaned.append(mask)
+        scores.append(0.0 if (changed_holes or changed_islands) else 1.0)
+    cleaned = np.stack(cleaned) if cleaned else np.asarray(masks, bool)
+    keep = nms(masks_to_boxes(cleaned), np.asarray(scores), nms_thresh)
+    return cleaned[keep], keep

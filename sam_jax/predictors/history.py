@@ -1,9 +1,9 @@
-"""Per-frame tracking history of a video session: a RAM store and a disk store.
+"""Per-frame tracking history of a video session: RAM, disk and (for streams) ring stores.
 
 For every object (an integer key) and every frame it was tracked on as a non-conditioning
 frame, the history holds the frame's spatial memory (g, g, mem_dim), low-resolution logits
 (m, m), object pointer (ptr_dim,) and object score, so that propagation can resume, or be
-re-run, from any frame. Both stores keep pointers and scores in RAM (a few hundred bytes
+re-run, from any frame. The video stores keep pointers and scores in RAM (a few hundred bytes
 per frame); they differ in where the two large arrays live:
 
 * `RamHistory`: in numpy arrays in the process;
@@ -16,6 +16,8 @@ per frame); they differ in where the two large arrays live:
 
 `make_history` picks the store: "ram", "disk", or "auto" (disk once one object's full
 history would exceed `ram_limit` bytes).
+
+`sam_jax.predictors.ring_history.RingHistory` is the store of streams.
 """
 
 from __future__ import annotations
@@ -48,18 +50,78 @@ class _Pointers:
 class FrameHistory(abc.ABC):
     """Non-conditioning outputs of tracked frames, per object key and frame index.
 
-    Reads return float32 arrays: maskmem (g, g, mem_dim), low_res (m, m), ptr (ptr_dim,).
-    A frame's entry exists between `put` and `drop`/`remove`/`clear`; reading a missing
-    entry is an error of the caller (check `has` first).
+    put(key, f, maskmem, low_res, ptr, score) stores or overwrites frame f's entry; has
+    says whether it exists (between `put` and `drop`/`remove`/`clear`); reads return
+    float32 arrays: maskmem (g, g, mem_dim), low_res (m, m), ptr (ptr_dim,), and score a
+    float. Reading a missing entry is an error of the caller (check `has` first). drop
+    forgets one entry, remove every entry of an object (both no-ops where there is none);
+    keys lists the objects holding entries; ram_bytes counts the bytes held in the
+    process's memory.
     """
 
-    backend: str  # "ram" or "disk"
+    backend: str  # "ram", "disk" or "ring"
+
+    def __init__(self, grid: int, mask_size: int, mem_dim: int, ptr_dim: int) -> None:
+        self.grid, self.mask_size, self.mem_dim, self.ptr_dim = grid, mask_size, mem_dim, ptr_dim
+
+    @abc.abstractmethod
+    def put(
+        self,
+        key: int,
+        f: int,
+        maskmem: np.ndarray,
+        low_res: np.ndarray,
+        ptr: np.ndarray,
+        score: float | np.ndarray,
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def has(self, key: int, f: int) -> bool: ...
+
+    @abc.abstractmethod
+    def drop(self, key: int, f: int) -> None: ...
+
+    @abc.abstractmethod
+    def maskmem(self, key: int, f: int) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def low_res(self, key: int, f: int) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def ptr(self, key: int, f: int) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def score(self, key: int, f: int) -> float: ...
+
+    @abc.abstractmethod
+    def keys(self) -> list[int]: ...
+
+    @abc.abstractmethod
+    def remove(self, key: int) -> None: ...
+
+    @abc.abstractmethod
+    def ram_bytes(self) -> int: ...
+
+    def clear(self) -> None:
+        """Forget every entry of every object."""
+        for key in self.keys():
+            self.remove(key)
+
+    def close(self) -> None:
+        """Forget everything and release the store's resources; the store is unusable
+        afterwards."""
+        self.clear()
+
+
+class _VideoHistory(FrameHistory):
+    """A store for a video of `num_frames` frames: pointers, scores and presence flags of
+    every frame in RAM; the spatial memories and logits where the subclass keeps them."""
 
     def __init__(
         self, num_frames: int, grid: int, mask_size: int, mem_dim: int, ptr_dim: int
     ) -> None:
-        self.num_frames, self.grid, self.mask_size = num_frames, grid, mask_size
-        self.mem_dim, self.ptr_dim = mem_dim, ptr_dim
+        super().__init__(grid, mask_size, mem_dim, ptr_dim)
+        self.num_frames = num_frames
         self._pointers: dict[int, _Pointers] = {}
 
     # -- what each store implements: the spatial memories and logits
@@ -77,14 +139,6 @@ class FrameHistory(abc.ABC):
     @abc.abstractmethod
     def _payload_ram_bytes(self) -> int: ...
 
-    @abc.abstractmethod
-    def maskmem(self, key: int, f: int) -> np.ndarray:
-        """(g, g, mem_dim) float32 spatial memory of frame f."""
-
-    @abc.abstractmethod
-    def low_res(self, key: int, f: int) -> np.ndarray:
-        """(m, m) float32 low-resolution logits of frame f."""
-
     # -- shared bookkeeping
     def put(
         self,
@@ -95,7 +149,6 @@ class FrameHistory(abc.ABC):
         ptr: np.ndarray,
         score: float | np.ndarray,
     ) -> None:
-        """Store (or overwrite) frame f's outputs for object `key`."""
         if key not in self._pointers:
             t = self.num_frames
             self._pointers[key] = _Pointers(
@@ -118,40 +171,28 @@ class FrameHistory(abc.ABC):
         return p is not None and 0 <= f < self.num_frames and bool(p.has[f])
 
     def drop(self, key: int, f: int) -> None:
-        """Forget frame f's entry for object `key` (no-op if absent)."""
         if key in self._pointers:
             self._pointers[key].has[f] = False
             self._forget(key, f)
 
     def ptr(self, key: int, f: int) -> np.ndarray:
-        """(ptr_dim,) float32 object pointer of frame f."""
         return self._pointers[key].ptr[f]
 
     def score(self, key: int, f: int) -> float:
-        """Object score logit of frame f."""
         return float(self._pointers[key].score[f])
 
+    def keys(self) -> list[int]:
+        return list(self._pointers)
+
     def remove(self, key: int) -> None:
-        """Forget every entry of object `key` (no-op if it has none)."""
         if self._pointers.pop(key, None) is not None:
             self._release(key)
 
-    def clear(self) -> None:
-        """Forget every entry of every object."""
-        for key in list(self._pointers):
-            self.remove(key)
-
     def ram_bytes(self) -> int:
-        """Bytes of history held in the process's memory."""
         return sum(p.nbytes for p in self._pointers.values()) + self._payload_ram_bytes()
 
-    def close(self) -> None:
-        """Forget everything and release the store's resources; the store is unusable
-        afterwards."""
-        self.clear()
 
-
-class RamHistory(FrameHistory):
+class RamHistory(_VideoHistory):
     """Every array in process memory (copies of what was put)."""
 
     backend = "ram"
@@ -196,7 +237,7 @@ def _remove_files(directory: str, fds: dict[int, tuple[int, int]]) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-class DiskHistory(FrameHistory):
+class DiskHistory(_VideoHistory):
     """Spatial memories and logits in per-object record files under a fresh temporary
     folder inside `directory` (the system's temp folder if None); files are created with
     mode 0o600."""

@@ -17,7 +17,11 @@ when the frame already is one of the object's conditioning frames: it replaces i
 Point-prompted masks are binarised for the memory. Full history, up to 16 object pointers,
 float32 memory; no non-overlap constraint unless `non_overlap_masks=True`. Prompted frames
 (conditioning or corrections) keep their prompted output during propagation. Preprocessing
-is the image predictor's (letterbox to S, top-left, pad 114).
+is the image predictor's (letterbox to S, top-left, pad 114). Also Meta's:
+`clear_all_prompts_in_frame`, `remove_object` (-> (obj_ids, updated_frames)),
+`propagate_in_video_preflight`, `normalize_coords=False` (prompts as fractions of the
+frame); beyond: one call may prompt several objects (obj_id a list), a closed state is
+refused (ValueError), and `sam_jax.StreamTracker` runs a session on frames fed one by one.
 
 Compute. Propagation runs chunks of `chunk_size` frames, each one jit-compiled `lax.scan`
 of the pure `track_step` over a fixed-size `MemoryBank` (sam_jax.tracking). Compiled shapes
@@ -42,17 +46,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
+from sam_jax.convert.hf_reader import is_image_only
 from sam_jax.predictors import video_compiled as compiled
 from sam_jax.predictors import video_propagation as vprop
 from sam_jax.predictors.history import HISTORY_KINDS, make_history
-from sam_jax.predictors.prompts import check_prompts
 from sam_jax.predictors.resample import unletterbox_taps
+from sam_jax.predictors.video_prompts import mask_prompt, object_calls, point_prompt
 from sam_jax.predictors.video_state import ObjectTrack, PromptOutput, VideoState
 from sam_jax.tracking.memory_bank import MemoryBank, bank_from_history, bucket, empty_bank
 from sam_jax.tracking.track_step import NO_OBJ_SCORE
-from sam_jax.transforms import letterbox_geometry
 from sam_jax.video_io import open_frames
 
 
@@ -93,6 +96,11 @@ class VideoPredictor:
         cfg = model.config
         if not hasattr(cfg, "num_maskmem"):
             raise ValueError("VideoPredictor needs a SAM 2 / SAM 2.1 model")
+        if is_image_only(params):
+            raise ValueError(
+                "these SAM 2 variables come from an image-only file (a transformers Sam2Model: "
+                "no memory path); track with a Sam2VideoModel or Meta checkpoint"
+            )
         if history not in HISTORY_KINDS:
             raise ValueError(f"history must be 'auto', 'ram' or 'disk', got {history!r}")
         self.model, self.params, self.config = model, params, cfg
@@ -154,25 +162,57 @@ class VideoPredictor:
 
     def reset_state(self, state: VideoState) -> None:
         """Forget every object, prompt and result (the frames stay)."""
+        state.check_open()
         state.tracks.clear()
         state.history.clear()
         state.features.clear()
 
-    def remove_object(self, state: VideoState, obj_id: Any, strict: bool = False) -> list:
-        """Drop an object, its prompts and results; returns the remaining object ids."""
-        track = state.tracks.pop(obj_id, None)
-        if track is None:
+    def remove_object(
+        self, state: VideoState, obj_id: Any, strict: bool = False, need_output: bool = True
+    ) -> tuple[list, list[tuple[int, np.ndarray]]]:
+        """Drop an object, its prompts and results (Meta's `remove_object`). Returns
+        (remaining obj_ids, updated_frames): with need_output, (frame_idx, logits
+        (num_remaining, H, W)) for every frame the object had prompts on, else []; removing
+        the last object resets the session and returns ([], []). An unknown id raises
+        RuntimeError with strict, else changes nothing."""
+        state.check_open()
+        tr = state.tracks.get(obj_id)
+        if tr is None:
             if strict:
                 raise RuntimeError(f"no object id {obj_id}; existing ids: {state.obj_ids}")
-        else:
-            state.history.remove(track.key)
-        return state.obj_ids
+            return state.obj_ids, []
+        if len(state.tracks) == 1:
+            self.reset_state(state)
+            return [], []
+        frames = sorted(set(tr.points) | set(tr.masks))
+        del state.tracks[obj_id]
+        state.history.remove(tr.key)
+        updated = [(f, self._frame_logits(state, f)[2]) for f in frames] if need_output else []
+        return state.obj_ids, updated
+
+    def clear_all_prompts_in_frame(
+        self, state: VideoState, frame_idx: int, obj_id: Any, need_output: bool = True
+    ) -> tuple[int, list, np.ndarray] | None:
+        """Remove object `obj_id`'s points or mask on `frame_idx` (Meta's
+        `clear_all_prompts_in_frame`, see `ObjectTrack.clear_prompts`): a conditioning frame
+        there becomes a non-conditioning output. Returns (frame_idx, obj_ids, logits
+        (num_objects, H, W)) on that frame with need_output, else None. An unknown id
+        changes nothing (Meta's code would add an object without prompts)."""
+        state.check_open()
+        f = state.frame_index(frame_idx)
+        if obj_id in state.tracks:
+            state.tracks[obj_id].clear_prompts(f, state.history)
+        return self._frame_logits(state, f) if need_output else None
 
     def close(self, state: VideoState) -> None:
-        """Release a session's disk history and cached features."""
+        """Release a session's disk history, cached features and frame source; every
+        method refuses the state afterwards (ValueError). Closing twice is a no-op."""
+        if state.closed:
+            return
         self.reset_state(state)
         state.history.close()
         state.frames.close()
+        state.closed = True
 
     # ------------------------------------------------------------------ features
 
@@ -203,6 +243,7 @@ class VideoPredictor:
         """The fixed-shape memory bank every object would attend to when tracking
         `frame_idx` (numpy arrays): its size depends only on the bucketed numbers of
         objects and conditioning frames, never on the video length."""
+        state.check_open()
         f = state.frame_index(frame_idx)
         tracks = list(state.tracks.values())
         c = bucket(max((len(tr.cond) for tr in tracks), default=1))
@@ -238,38 +279,42 @@ class VideoPredictor:
         labels: Any = None,
         box: Any = None,
         clear_old_points: bool = True,
+        normalize_coords: bool = True,
     ) -> tuple[int, list, np.ndarray]:
         """Click points (N, 2) (x, y pixels of the original frame) with labels (N,) (1
         foreground, 0 background; all 1 if omitted) and/or a box (4,) x0, y0, x1, y1 for
         object `obj_id` on `frame_idx`. The box goes first, as two corner points.
         clear_old_points=False adds the points to the frame's earlier ones (no box then).
+        normalize_coords=False: points and box are fractions of the frame's width and
+        height in [0, 1] instead of pixels (Meta's meaning).
+
+        Several objects in one call: obj_id a list of K distinct ids, and points, labels
+        and box each None, a list of K entries (entry i is obj_id[i]'s, None allowed) or
+        an array with a leading axis of K ((K, N, 2), (K, N), (K, 4)). The same as K calls,
+        one per object; every prompt is checked before any is applied.
 
         Returns (frame_idx, obj_ids, logits (num_objects, H, W) float32) for every object
         on that frame. Recompiles only for a new number of points.
         """
+        state.check_open()
         f = state.frame_index(frame_idx)
-        if points is None and box is None:
-            raise ValueError("give points (with labels) and/or a box")
-        if box is not None and not clear_old_points:
-            raise ValueError("a box replaces the frame's points: use clear_old_points=True")
-        p = check_prompts(
-            points,
-            labels,
-            box,
-            allow_batch=False,
-            allow_padding=False,
-            coords_name="points",
-            labels_name="labels",
-        )
-        ratio = np.float32(state.ratio)
-        coords = np.zeros((0, 2), np.float32)
-        labs = np.zeros((0,), np.int32)
-        if p.coords is not None:
-            coords, labs = p.coords[0].astype(np.float32) * ratio, p.labels[0]
-        if p.boxes is not None:  # the box goes first, as its two corners
-            corners = p.boxes[0].astype(np.float32).reshape(2, 2) * ratio
-            coords = np.concatenate([corners, coords])
-            labs = np.concatenate([np.array([2, 3], np.int32), labs])
+        opts = {"clear_old_points": clear_old_points, "normalize_coords": normalize_coords}
+        calls = object_calls(obj_id, points=points, labels=labels, box=box)
+        prompts = [(oid, point_prompt(state, **a, **opts, where=w)) for oid, a, w in calls]
+        for oid, (coords, labs) in prompts:
+            self._prompt_points(state, f, oid, coords, labs, clear_old_points)
+        return self._frame_logits(state, f)
+
+    def _prompt_points(
+        self,
+        state: VideoState,
+        f: int,
+        obj_id: Any,
+        coords: np.ndarray,
+        labs: np.ndarray,
+        clear_old_points: bool,
+    ) -> None:
+        """Run one object's points (model pixels) on frame f; keep the output as a prompt."""
         tr = state.track(obj_id)
         if not clear_old_points and f in tr.points:
             old_c, old_l = tr.points[f]
@@ -298,33 +343,27 @@ class VideoPredictor:
             and (is_init or self.config.multimask_output_for_tracking),
         )
         tr.temp[f] = PromptOutput(np.asarray(low[0]), np.asarray(ptr[0]), float(score[0]), is_cond)
-        return self._frame_logits(state, f)
 
     def add_new_mask(
         self, state: VideoState, frame_idx: int, obj_id: Any, mask: Any
     ) -> tuple[int, list, np.ndarray]:
         """A mask (H, W) bool for object `obj_id` on `frame_idx`, used as that frame's
         output (letterboxed with nearest-neighbour resizing, as the reference prompts are).
+        Several objects: obj_id a list of K ids and mask (K, H, W) or a list of K masks.
         Returns (frame_idx, obj_ids, logits (num_objects, H, W))."""
+        state.check_open()
         f = state.frame_index(frame_idx)
-        mk = np.asarray(mask)
-        if mk.shape != (state.video_height, state.video_width):
-            raise ValueError(
-                f"mask must be (H, W) = ({state.video_height}, {state.video_width}); got {mk.shape}"
-            )
-        s = self.image_size
-        _, nh, nw = letterbox_geometry(state.video_height, state.video_width, s)
-        rows = np.minimum((np.arange(nh) * (mk.shape[0] / nh)).astype(np.int64), mk.shape[0] - 1)
-        cols = np.minimum((np.arange(nw) * (mk.shape[1] / nw)).astype(np.int64), mk.shape[1] - 1)
-        boxed = np.zeros((s, s), np.float32)
-        boxed[:nh, :nw] = (mk[rows][:, cols] > 0).astype(np.float32)
-        tr = state.track(obj_id)
-        tr.masks[f] = boxed
-        tr.points.pop(f, None)
-        _, _, is_cond = tr.prompt_kind(f, self.add_all_frames_to_correct_as_cond)
-        vis, h0, h1 = self._features(state, f)
-        low, ptr, score = self._mask_prompt(vis, h0, h1, jnp.asarray(boxed)[None])
-        tr.temp[f] = PromptOutput(np.asarray(low[0]), np.asarray(ptr[0]), float(score[0]), is_cond)
+        calls = object_calls(obj_id, mask=mask)
+        boxed = [(oid, mask_prompt(state, a["mask"], where=w)) for oid, a, w in calls]
+        for oid, mk in boxed:
+            tr = state.track(oid)
+            tr.masks[f] = mk
+            tr.points.pop(f, None)
+            _, _, is_cond = tr.prompt_kind(f, self.add_all_frames_to_correct_as_cond)
+            vis, h0, h1 = self._features(state, f)
+            low, ptr, score = self._mask_prompt(vis, h0, h1, jnp.asarray(mk)[None])
+            out = PromptOutput(np.asarray(low[0]), np.asarray(ptr[0]), float(score[0]), is_cond)
+            tr.temp[f] = out
         return self._frame_logits(state, f)
 
     # ------------------------------------------------------------------ propagation
@@ -336,25 +375,12 @@ class VideoPredictor:
         mem = self._prompt_memory(vis, low, jnp.asarray([out.score], jnp.float32))
         return np.asarray(mem[0])
 
-    def _launch(
-        self, state: VideoState, tracks: list[ObjectTrack], frames: list[int], o: int, bank
-    ) -> tuple[MemoryBank, tuple]:
-        """Dispatch the scan over `frames` (not waited for): (next bank, (frames, kinds,
-        outputs)). The bank passed in is donated."""
-        chunk, table, kind = vprop.chunk_inputs(
-            state.history,
-            tracks,
-            frames,
-            o,
-            length=self.chunk_size,
-            letterboxed=state.letterboxed,
-            encode=None if self.encode_in_scan else self._encode,
-            size=self.image_size,
-            d_model=self.config.d_model,
-            batch=self.encode_batch,
-        )
-        bank, outs = self._scan(bank, chunk, table)
-        return bank, (frames, kind, outs)
+    def propagate_in_video_preflight(self, state: VideoState) -> None:
+        """Encode the memories of the frames prompted since the last propagation and file
+        them (Meta's `propagate_in_video_preflight`; `propagate_in_video` runs it first).
+        RuntimeError if there is no object or an object has no conditioning frame."""
+        state.check_open()
+        vprop.file_prompt_outputs(state, functools.partial(self._encode_memory, state))
 
     def propagate_in_video(
         self,
@@ -366,39 +392,8 @@ class VideoPredictor:
         """Track every object from `start_frame_idx` (default: the earliest conditioning
         frame) over up to `max_frame_num_to_track` more frames, forward or in reverse.
         Yields (frame_idx, obj_ids, logits (num_objects, H, W) float32) per frame."""
-        vprop.file_prompt_outputs(state, functools.partial(self._encode_memory, state))
-        tracks = list(state.tracks.values())
-        obj_ids = state.obj_ids
-        if start_frame_idx is None:
-            start_frame_idx = min(min(tr.cond) for tr in tracks)
-        start = state.frame_index(start_frame_idx)
-        t = state.num_frames
-        n_max = t if max_frame_num_to_track is None else int(max_frame_num_to_track)
-        order = vprop.propagation_order(start, n_max, t, reverse)
-        if not order:
-            return
-        o = bucket(len(tracks))
-        c = bucket(max(len(tr.cond) for tr in tracks))
-        bank = jax.tree_util.tree_map(jnp.asarray, self._bank(state, tracks, start, reverse, o, c))
-        chunks = [order[a : a + self.chunk_size] for a in range(0, len(order), self.chunk_size)]
-        bar = tqdm(total=len(order), desc="propagate in video", disable=not self.progress)
-        pending = None
-        try:
-            for idx in range(len(chunks) + 1):
-                launched = None
-                if idx < len(chunks):  # dispatch the next chunk before reading this one
-                    bank, launched = self._launch(state, tracks, chunks[idx], o, bank)
-                if pending is not None:
-                    frames, kind, outs = pending
-                    history = state.history
-                    for f, low in vprop.file_chunk_outputs(
-                        history, tracks, frames, kind, outs, reverse
-                    ):
-                        bar.update(1)
-                        yield f, obj_ids, self._video_logits(state, low)
-                pending = launched
-        finally:
-            bar.close()
+        state.check_open()  # now, not at the first frame
+        return vprop.propagate(self, state, start_frame_idx, max_frame_num_to_track, reverse)
 
 
 __all__ = ["VideoPredictor", "VideoState"]

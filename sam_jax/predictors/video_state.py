@@ -70,6 +70,21 @@ class ObjectTrack:
             return history.low_res(self.key, f)
         return None
 
+    def clear_prompts(self, f: int, history: FrameHistory) -> None:
+        """Forget this object's points, mask and unfiled prompted output on frame f (Meta's
+        `clear_all_prompts_in_frame`): a conditioning frame there becomes a
+        non-conditioning output in the history and the frame counts as not tracked (a new
+        prompt there starts a conditioning frame again); a kept correction there is
+        tracked again by the next propagation."""
+        self.points.pop(f, None)
+        self.masks.pop(f, None)
+        self.temp.pop(f, None)
+        out = self.cond.pop(f, None)
+        if out is not None:
+            history.put(self.key, f, out.maskmem, out.low_res, out.ptr, out.score)
+            self.tracked.pop(f, None)
+        self.prompted.discard(f)
+
     def cond_memories(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Conditioning frame -> (spatial memory, pointer), as `bank_from_history` takes."""
         return {f: (out.maskmem, out.ptr) for f, out in self.cond.items()}
@@ -80,10 +95,11 @@ class VideoState:
     with `VideoPredictor.init_state`; pass it to the predictor's methods.
 
     frames: the frame source; num_frames, video_height, video_width: the video's size;
-    image_size: the model's input size S; ratio: the letterbox scale from video to model pixels; tracks: obj_id -> ObjectTrack in
-    the order objects were added; history: the tracked frames' outputs; features: a small
-    LRU cache frame -> encoder features; taps: resampling of low-res logits to the video's
-    size (made on first use).
+    image_size: the model's input size S; ratio: the letterbox scale from video to model
+    pixels; tracks: obj_id -> ObjectTrack in the order objects were added; history: the
+    tracked frames' outputs; features: a small LRU cache frame -> encoder features; taps:
+    resampling of low-res logits to the video's size (made on first use); closed: set by
+    `VideoPredictor.close`, after which every predictor method refuses the state.
     """
 
     def __init__(self, frames: FrameSource, image_size: int, history: FrameHistory) -> None:
@@ -96,7 +112,16 @@ class VideoState:
         self.history = history
         self.features: collections.OrderedDict = collections.OrderedDict()
         self.taps = None
+        self.closed = False
         self._next_key = 0
+
+    def check_open(self) -> None:
+        """ValueError if the session was closed."""
+        if self.closed:
+            raise ValueError(
+                "this video state was closed (VideoPredictor.close released its history "
+                "and frames); start a new session with init_state"
+            )
 
     @property
     def obj_ids(self) -> list:

@@ -187,6 +187,28 @@ def track_step_impl(
     return new_bank, out
 
 
+def tracked_heads(m, bank: MemoryBank, frame_idx, vision, high_res: list) -> tuple:
+    """The tracker's SAM heads on a frame: vision (g, g, D) conditioned on each object's
+    bank, no prompt, high_res [(O, 4g, 4g, D/8), (O, 2g, 2g, D/4)]. Returns the
+    conditioned features (O, g, g, D), the heads' output and the memory features of their
+    mask (O, g, g, mem_dim), encoded unbinarised as for a tracked frame."""
+    pix = condition_on_memory(m, bank, frame_idx, vision)
+    heads = m.forward_sam_heads(
+        pix, high_res_features=high_res, multimask_output=m.config.multimask_output_for_tracking
+    )
+    maskmem = tracked_memory(m, vision, heads)
+    return pix, heads, maskmem
+
+
+def tracked_memory(m, vision: jnp.ndarray, heads: Any, high: jnp.ndarray | None = None):
+    """Memory features (O, g, g, mem_dim) of the heads' chosen mask (or `high`, (O, S, S, 1)
+    logits) on vision (g, g, D), unbinarised as a tracked frame's."""
+    o = heads.object_score_logits.shape[0]
+    high = heads.high_res_masks[:, 0, :, :, None] if high is None else high
+    vis_b = jnp.broadcast_to(vision[None], (o, *vision.shape))
+    return encode_memory_impl(m, vis_b, high, heads.object_score_logits[:, 0], binarize=False)
+
+
 def track_heads_impl(
     m, bank: MemoryBank, frame: FrameInput, non_overlap_for_memory: bool = False
 ) -> tuple[MemoryBank, TrackOutput, Any]:
@@ -194,18 +216,13 @@ def track_heads_impl(
     masks and predicted IoUs), which training needs."""
     o = bank.num_objects
     vision = frame.vision_features
-    pix = condition_on_memory(m, bank, frame.frame_idx, vision)
     hr = [jnp.broadcast_to(h[None], (o, *h.shape)) for h in (frame.high_res_0, frame.high_res_1)]
-    heads = m.forward_sam_heads(
-        pix, high_res_features=hr, multimask_output=m.config.multimask_output_for_tracking
-    )
+    _, heads, maskmem = tracked_heads(m, bank, frame.frame_idx, vision, hr)
     score = heads.object_score_logits[:, 0]
-    high = heads.high_res_masks[:, 0, :, :, None]  # (O, S, S, 1)
     if non_overlap_for_memory:  # among the objects tracked (not prompted) on this frame
         tracked = bank.cond_valid.any(axis=1) & (frame.kind == TRACK)
-        high = apply_non_overlapping_constraints(high, tracked)
-    vis_b = jnp.broadcast_to(vision[None], (o, *vision.shape))
-    maskmem = encode_memory_impl(m, vis_b, high, score, binarize=False)
+        high = apply_non_overlapping_constraints(heads.high_res_masks[:, 0, :, :, None], tracked)
+        maskmem = tracked_memory(m, vision, heads, high)
 
     stored = (frame.kind == STORED)[:, None]
     feats = jnp.where(stored[:, :, None, None], frame.stored_feats, maskmem)

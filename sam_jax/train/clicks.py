@@ -73,11 +73,12 @@ def first_prompt(key: jax.Array, target: jnp.ndarray, box_prob: float = 0.5):
 
 def per_row(fn: Callable, keys: jax.Array, *rows: Any) -> Any:
     """fn(key, *arrays) on batches, with row i of every array drawn with keys[i] alone:
-    keys (B,) and arrays (B, ...). A row's draw then depends on its key, not on the batch
-    it sits in (a batch with padding rows draws the others' prompts as without them)."""
+    keys (B,) and arrays (B, ...) (or None, passed on as None). A row's draw then depends
+    on its key, not on the batch it sits in (a batch with padding rows draws the others'
+    prompts as without them)."""
 
     def one(key, *xs):
-        out = fn(key, *(x[None] for x in xs))
+        out = fn(key, *(None if x is None else x[None] for x in xs))
         return jax.tree.map(lambda y: y[0], out)
 
     return jax.vmap(one)(keys, *rows)
@@ -89,14 +90,19 @@ def cell_centre(xy: jnp.ndarray, scale: float) -> jnp.ndarray:
     return xy * scale + (scale - 1) / 2
 
 
-def corrective_click(key: jax.Array, logits: jnp.ndarray, target: jnp.ndarray):
-    """A click in the error region of logits (B, h, w) vs target (B, h, w) bool.
+def corrective_click(
+    key: jax.Array, logits: jnp.ndarray, target: jnp.ndarray, void: jnp.ndarray | None = None
+):
+    """A click in the error region of logits (B, h, w) vs target (B, h, w) bool, outside
+    the void (B, h, w) bool cells when given (the ground truth is unknown there).
 
     Returns coords (B, 1, 2) and labels (B, 1): 1 on a missed pixel, 0 on a false positive,
     -1 (padding) when the prediction is already exact.
     """
     pred = logits > 0
     error = pred != target
+    if void is not None:
+        error = error & ~void
     xy, any_error = sample_pixel(key, error)
     b = target.shape[0]
     positive = target[jnp.arange(b), xy[:, 1].astype(jnp.int32), xy[:, 0].astype(jnp.int32)]

@@ -59,7 +59,13 @@ from sam_jax.train.checkpoints import (
 from sam_jax.train.finetune_options import RUN_ONLY, FinetuneOptions, flag, options_record
 from sam_jax.train.lora import LORA_TRAINABLE, LoraConfig, lora_init, lora_merge
 from sam_jax.train.metrics_log import MetricsLog
-from sam_jax.train.optimizer import TRAINABLE, make_optimizer, trainable_labels, trains
+from sam_jax.train.optimizer import (
+    TRAINABLE,
+    glob_rule,
+    make_optimizer,
+    trainable_labels,
+    trains,
+)
 from sam_jax.train.schedule import warmup_cosine
 from sam_jax.train.step import TrainState, interactive_loss, make_train_step
 from sam_jax.train.video_step import clip_loss
@@ -76,10 +82,8 @@ def _trainable(options: FinetuneOptions, params: Any, video: bool) -> Any:
     names = options.trainable
     if names is None:
         rule = None if options.lora else TRAINABLE["all_but_encoder" if video else "decoder"]
-    elif len(names) == 1 and names[0] in TRAINABLE:
-        rule = TRAINABLE[names[0]]
     else:
-        rule = (tuple(names), ())
+        rule = glob_rule(names)
     paths = ["/".join(k) for k in flax.traverse_util.flatten_dict(params)]
     if options.lora:
         base = trains(rule) if rule is not None else lambda p: False
@@ -190,7 +194,11 @@ def setup(options: FinetuneOptions) -> _Setup:
         layer_decay=o.layer_decay,
     )
     run_model = build_from_config(model.config, remat=True) if o.remat else model
-    loss_fn = clip_loss if video else interactive_loss
+    if video:
+        o.prompting().check_clip(o.clip_len)
+        loss_fn = functools.partial(clip_loss, prompting=o.prompting())
+    else:
+        loss_fn = interactive_loss
     corrections = o.corrections if o.corrections is not None else (1 if video else 2)
     step = make_train_step(
         run_model,
@@ -238,15 +246,16 @@ def _loader(options: FinetuneOptions, run: _Setup, start: int) -> Any:
     return image_loader(run.train, objects_per_image=o.objects_per_image, **common)
 
 
-def _inputs(run: _Setup, batch: dict) -> tuple[Any, np.ndarray, np.ndarray]:
-    """(the step's images: normalised pixels or cached embeddings, targets, valid)."""
+def _inputs(run: _Setup, batch: dict) -> tuple[Any, np.ndarray, dict]:
+    """(the step's images: normalised pixels or cached embeddings, targets, the step's
+    valid and ignore keywords)."""
     if run.video:
         images = normalise(batch["clips"], run.model.config)
     elif run.cache is not None:
         images = run.cache(batch["index"])
     else:
         images = normalise(batch["images"], run.model.config)
-    return images, batch["masks"], batch["valid"]
+    return images, batch["masks"], {"valid": batch["valid"], "ignore": batch["ignore"]}
 
 
 def _means(metrics: list[dict]) -> dict[str, float]:
@@ -286,9 +295,9 @@ def _train(
         desc = f"finetune {run.model.config.name}"
         bar = tqdm(range(start, o.steps), desc, o.steps, initial=start, disable=o.quiet)
         for n, batch in zip(bar, data, strict=False):  # data is endless
-            images, targets, valid = _inputs(run, batch)
+            images, targets, masks = _inputs(run, batch)
             key = jax.random.fold_in(base_key, n)  # the step's draws: a function of n alone
-            state, metrics = run.step(state, images, targets, key, valid=valid)
+            state, metrics = run.step(state, images, targets, key, **masks)
             pending.append(metrics)
             done = n + 1
             if _due(done, o.log_every, o.steps):

@@ -9,6 +9,11 @@ from typing import Any
 from sam_jax.data.augment import Augment
 from sam_jax.train.lora import DEFAULT_TARGETS
 from sam_jax.train.optimizer import TRAINABLE
+from sam_jax.train.video_prompts import SAM2_TRAINING, VideoPrompting
+
+# --video-prompts presets: one click on frame 0 (VideoPrompting's defaults) or SAM 2.1's
+# released fine-tuning recipe.
+VIDEO_PROMPTS: dict[str, VideoPrompting] = {"click": VideoPrompting(), "sam2": SAM2_TRAINING}
 
 # Options that may differ when a run is resumed: they change what is logged, saved or
 # evaluated, not the parameters the run reaches.
@@ -39,8 +44,9 @@ class FinetuneOptions:
     objects_per_image: int = option("objects per image (videos: per clip)", 4, metavar="K")
     clip_len: int = option("videos: frames per training clip", 8, metavar="T")
     trainable: tuple[str, ...] | None = option(
-        f"what trains: {', '.join(TRAINABLE)}, or glob patterns of parameter paths "
-        "('mask_decoder/*'); default decoder (images), all_but_encoder (videos); with "
+        f"what trains: {', '.join(TRAINABLE)} and glob patterns of parameter paths "
+        "('mask_decoder/*'), less '!'-prefixed patterns ('!memory_encoder/*'); default "
+        "decoder (images), all_but_encoder (videos); with "
         "--lora, what trains besides the adapters (default nothing)",
         None,
         metavar="WHAT",
@@ -73,6 +79,32 @@ class FinetuneOptions:
     corrections: int | None = option(
         "corrective clicks per prompt (default 2 images, 1 videos)", None, metavar="N"
     )
+    video_prompts: str = option(
+        "videos: how a clip's objects are prompted: click (one click on frame 0, then "
+        "--corrections clicks), sam2 (SAM 2.1's recipe: the mask or a click or box, on 1 or 2 "
+        "frames, corrected frames becoming conditioning frames)",
+        "click",
+        choices=tuple(VIDEO_PROMPTS),
+    )
+    prob_mask: float | None = option(
+        "videos: chance an object is prompted with its ground-truth mask (--video-prompts's "
+        "value when not given)",
+        None,
+        metavar="P",
+    )
+    prob_box: float | None = option(
+        "videos: chance a point prompt is a noisy box, else one click", None, metavar="P"
+    )
+    cond_frames: int | None = option(
+        "videos: initial conditioning frames (1 or 2; frame 0 and a random later frame)",
+        None,
+        metavar="N",
+    )
+    correct_frames: int | None = option(
+        "videos: frames getting corrective clicks, the conditioning frames included",
+        None,
+        metavar="N",
+    )
     hflip: float = option("augmentation: horizontal flip probability", 0.0, metavar="P")
     scale: tuple[float, float] = option(
         "augmentation: scale jitter range (1,1: off)", (1.0, 1.0), metavar="LO,HI"
@@ -104,10 +136,22 @@ class FinetuneOptions:
         if self.trainable is not None and not self.trainable:
             raise ValueError("--trainable needs a preset name or glob patterns")
         self.augment()  # Augment checks its own settings
+        self.prompting()  # and VideoPrompting its own
 
     def augment(self) -> Augment:
         """The training augmentation these options ask for."""
         return Augment(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Augment)})
+
+    def prompting(self) -> VideoPrompting:
+        """How video clips are prompted: the --video-prompts preset with the flags given."""
+        given = {
+            "prob_mask": self.prob_mask,
+            "prob_box": self.prob_box,
+            "num_cond_frames": self.cond_frames,
+            "num_correct_frames": self.correct_frames,
+        }
+        preset = VIDEO_PROMPTS[self.video_prompts]
+        return dataclasses.replace(preset, **{k: v for k, v in given.items() if v is not None})
 
 
 def flag(name: str) -> str:

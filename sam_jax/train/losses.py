@@ -12,29 +12,56 @@ import jax.numpy as jnp
 import optax
 
 
-def focal_loss(logits: jnp.ndarray, target: jnp.ndarray, alpha: float = 0.25, gamma: float = 2.0):
-    """Mean sigmoid focal loss over the last two axes: (..., h, w) -> (...)."""
+def _pixel_mean(x: jnp.ndarray, weights: jnp.ndarray | None) -> jnp.ndarray:
+    """Mean of x (..., h, w) over its last two axes, weighted by weights (..., h, w) in
+    [0, 1] when given (all-zero weights: 0)."""
+    if weights is None:
+        return jnp.mean(x, axis=(-2, -1))
+    total = jnp.sum(weights, axis=(-2, -1))
+    return jnp.sum(weights * x, axis=(-2, -1)) / jnp.where(total > 0, total, 1.0)
+
+
+def focal_loss(
+    logits: jnp.ndarray,
+    target: jnp.ndarray,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    weights: jnp.ndarray | None = None,
+):
+    """Mean sigmoid focal loss over the last two axes: (..., h, w) -> (...); weights
+    (..., h, w) in [0, 1] weigh the pixels (0: ignored)."""
     p = jax.nn.sigmoid(logits)
     ce = optax.sigmoid_binary_cross_entropy(logits, target)
     a_t = alpha * target + (1 - alpha) * (1 - target)
     if gamma == 0:  # x ** 0 has a NaN gradient at x = 0 (a saturated pixel)
-        return jnp.mean(a_t * ce, axis=(-2, -1))
+        return _pixel_mean(a_t * ce, weights)
     p_t = p * target + (1 - p) * (1 - target)
-    return jnp.mean(a_t * ce * (1 - p_t) ** gamma, axis=(-2, -1))
+    return _pixel_mean(a_t * ce * (1 - p_t) ** gamma, weights)
 
 
-def dice_loss(logits: jnp.ndarray, target: jnp.ndarray, eps: float = 1.0):
-    """1 - soft Dice over the last two axes: (..., h, w) -> (...)."""
+def dice_loss(
+    logits: jnp.ndarray, target: jnp.ndarray, eps: float = 1.0, weights: jnp.ndarray | None = None
+):
+    """1 - soft Dice over the last two axes: (..., h, w) -> (...); pixels weighted by
+    weights (..., h, w) in [0, 1] when given (0: ignored)."""
     p = jax.nn.sigmoid(logits)
+    if weights is not None:
+        p, target = p * weights, target * weights
     inter = jnp.sum(p * target, axis=(-2, -1))
     total = jnp.sum(p, axis=(-2, -1)) + jnp.sum(target, axis=(-2, -1))
     return 1.0 - (2.0 * inter + eps) / (total + eps)
 
 
-def mask_iou(logits: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
-    """IoU of (logits > 0) with the target over the last two axes."""
+def mask_iou(
+    logits: jnp.ndarray, target: jnp.ndarray, weights: jnp.ndarray | None = None
+) -> jnp.ndarray:
+    """IoU of (logits > 0) with the target over the last two axes, over the pixels whose
+    weight (..., h, w) is above 1/2 when weights are given."""
     pred = logits > 0
     tgt = target > 0.5
+    if weights is not None:
+        known = weights > 0.5
+        pred, tgt = pred & known, tgt & known
     inter = jnp.sum(pred & tgt, axis=(-2, -1))
     union = jnp.sum(pred | tgt, axis=(-2, -1))
     return jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
@@ -62,6 +89,7 @@ def sam_loss(
     focal_gamma: float = 2.0,
     *,
     weights: jnp.ndarray | None = None,
+    pixel_weights: jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, dict]:
     """SAM's loss for logits (B, M, h, w), predicted IoU (B, M), target (B, h, w).
 
@@ -71,15 +99,19 @@ def sam_loss(
     from scratch more steadily (SAM's weights assume a pretrained encoder).
     weights (B,): the loss and the metrics are means over examples weighted so (see
     `weighted_mean`); a 0-weighted example (padding) adds nothing to them or to gradients.
+    pixel_weights (B, h, w) in [0, 1]: each logit cell's known fraction (0 where the
+    ground truth is void, e.g. a COCO crowd region); unknown pixels add nothing to the mask
+    losses and are left out of the actual IoU. None: every pixel counts.
     Returns (scalar loss, metrics dict).
     """
     t = jnp.broadcast_to(target[:, None].astype(logits.dtype), logits.shape)
+    w = None if pixel_weights is None else pixel_weights[:, None].astype(logits.dtype)
     per_mask = focal_weight * focal_loss(
-        logits, t, focal_alpha, focal_gamma
-    ) + dice_weight * dice_loss(logits, t)
+        logits, t, focal_alpha, focal_gamma, w
+    ) + dice_weight * dice_loss(logits, t, weights=w)
     best = jnp.argmin(per_mask, axis=1)
     mask_loss = jnp.take_along_axis(per_mask, best[:, None], axis=1)[:, 0]
-    actual_iou = jax.lax.stop_gradient(mask_iou(logits, t))
+    actual_iou = jax.lax.stop_gradient(mask_iou(logits, t, w))
     iou_loss = jnp.mean((iou_pred - actual_iou) ** 2, axis=1)
     loss = weighted_mean(mask_loss + iou_weight * iou_loss, weights)
     best_iou = jnp.take_along_axis(actual_iou, best[:, None], axis=1)[:, 0]

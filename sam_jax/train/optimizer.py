@@ -94,6 +94,33 @@ def trains(trainable: Trainable) -> Callable[[str], bool]:
     return rule
 
 
+def glob_rule(words: Iterable[str]) -> GlobRule:
+    """The (trained, frozen) rule of command-line words: preset names (keys of TRAINABLE),
+    glob patterns of parameter paths that train, and "!"-prefixed patterns that stay
+    frozen. What trains is the union of the presets and patterns named (everything when
+    only exclusions are named) minus the presets' frozen parts and the exclusions:
+    `all_but_encoder '!memory_encoder/*'` trains SAM 2's heads and memory attention."""
+    trained: list[str] | None = []
+    frozen: list[str] = []
+    for word in words:
+        if word.startswith("!"):
+            if len(word) == 1:
+                raise ValueError("'!' needs a glob pattern after it, as '!image_encoder/*'")
+            frozen.append(word[1:])
+        elif word in TRAINABLE:
+            preset_trained, preset_frozen = TRAINABLE[word]
+            frozen.extend(preset_frozen)
+            if preset_trained is None or trained is None:
+                trained = None
+            else:
+                trained.extend(preset_trained)
+        elif trained is not None:
+            trained.append(word)
+    if trained is not None and not trained:
+        trained = None  # only exclusions: everything else trains
+    return (None if trained is None else tuple(trained)), tuple(frozen)
+
+
 def _hit(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 

@@ -116,6 +116,7 @@ def interactive_loss(
     box_prob: float = 0.5,
     *,
     valid: jnp.ndarray | None = None,
+    ignore: jnp.ndarray | None = None,
     **loss_weights: float,
 ) -> tuple[jnp.ndarray, dict]:
     """SAM's loss over one initial prompt and `num_corrections` corrective clicks.
@@ -128,16 +129,20 @@ def interactive_loss(
     image: the encoder, the costly part, runs once for all K). valid (B,) or (B, K) bool:
     False marks a padding object, which adds nothing to the loss, its gradients or the
     metrics (means over valid objects; its prompts, even from an empty mask, are finite).
+    ignore (B, S, S) bool: each image's void pixels (e.g. COCO crowd regions), left out of
+    every object's losses and IoUs, and never the place of a corrective click.
 
     Each round feeds the previous best low-res logits back as the mask input. Losses and
     error regions are taken at the logits' resolution (4x the embedding grid), against the
     target's area average over each logit cell, which keeps the step cheap. The first prompt
-    is a noisy box with probability `box_prob`, else one click. Object i of the flattened
+    is a noisy box with probability `box_prob` (trained through the single-mask output), else
+    one click (the multimask output, its best mask trained), as SAM 2 trains. Object i of the flattened
     (B * K) objects draws its prompts from `jax.random.fold_in(key, i)` alone, whatever else
     is in the batch. SAM 2 models (image mode) also get the object-score BCE (the object is
     present).
     """
     weights = _object_weights(valid, targets)
+    known = _known_fraction(ignore, targets, model.config.mask_input_size)
     if is_embedding(model, images):
         emb = images
     else:
@@ -154,18 +159,26 @@ def interactive_loss(
     coords, labels = per_row(prompt, round_keys(0), targets)
     mask_in = None
     total, metrics = 0.0, []
+    predict = functools.partial(model.apply, variables, emb, method="predict_masks")
     for r in range(num_corrections + 1):
-        logits, iou, *score = model.apply(
-            variables,
-            emb,
-            point_coords=coords,
-            point_labels=labels,
-            mask_inputs=mask_in,
-            multimask_output=r == 0,
-            method="predict_masks",
-        )  # the first prompt may be ambiguous; corrections are not
+        if r == 0:
+            logits, iou, *score = _first_round(predict, coords, labels, box_prob)
+        else:
+            logits, iou, *score = predict(
+                point_coords=coords,
+                point_labels=labels,
+                mask_inputs=mask_in,
+                multimask_output=False,
+            )
         logits = logits.astype(jnp.float32)
-        loss, met = sam_loss(logits, iou.astype(jnp.float32), soft, weights=weights, **loss_weights)
+        loss, met = sam_loss(
+            logits,
+            iou.astype(jnp.float32),
+            soft,
+            weights=weights,
+            pixel_weights=known,
+            **loss_weights,
+        )
         if score:  # SAM 2: every prompted object is present
             present = jnp.ones(score[0].shape[:1], bool)
             score_loss = object_score_loss(score[0].astype(jnp.float32), present)
@@ -176,7 +189,8 @@ def interactive_loss(
             break
         best = jnp.argmax(iou, axis=1)
         low = jax.lax.stop_gradient(jnp.take_along_axis(logits, best[:, None, None, None], 1)[:, 0])
-        click, click_label = per_row(corrective_click, round_keys(r + 1), low, soft > 0.5)
+        void = None if known is None else known < 0.5
+        click, click_label = per_row(corrective_click, round_keys(r + 1), low, soft > 0.5, void)
         coords = jnp.concatenate([coords, cell_centre(click, scale)], axis=1)
         labels = jnp.concatenate([labels, click_label], axis=1)
         mask_in = jnp.clip(low, -32.0, 32.0)[..., None]  # SAM 2 marks absent objects -1024
@@ -186,6 +200,39 @@ def interactive_loss(
         "iou_last": metrics[-1]["iou"],
     }
     return out["loss"], out
+
+
+def _known_fraction(ignore, targets, size: int) -> jnp.ndarray | None:
+    """ignore (B, S, S) bool -> each logit cell's known fraction (B * K, size, size), rows
+    in targets' flattened object order; None for None."""
+    if ignore is None:
+        return None
+    want = (targets.shape[0], *targets.shape[-2:])
+    if jnp.shape(ignore) != want:
+        raise ValueError(
+            f"ignore must be {want} (B, S, S) for targets {targets.shape}; got {jnp.shape(ignore)}"
+        )
+    known = 1.0 - soft_targets(jnp.asarray(ignore), size)
+    if targets.ndim == 4:
+        known = jnp.repeat(known, targets.shape[1], axis=0)
+    return known
+
+
+def _first_round(predict: Callable, coords, labels, box_prob: float) -> tuple:
+    """The first prompt's (logits (B, M, h, w), iou (B, M), *object score), as SAM 2 trains:
+    a single click is ambiguous and trains the multimask output; a box trains the
+    single-mask output. Where both kinds occur, a box row's one mask stands in all M = 3
+    places, which the loss (best of the masks, mean IoU error) counts as that one mask."""
+    run = lambda multi: predict(point_coords=coords, point_labels=labels, multimask_output=multi)
+    if box_prob <= 0:
+        return run(True)
+    if box_prob >= 1:
+        return run(False)
+    (multi, multi_iou, *score), (one, one_iou, *_) = run(True), run(False)
+    is_box = labels[:, 0] == 2  # first_prompt puts a box's corners first (labels 2, 3)
+    logits = jnp.where(is_box[:, None, None, None], one, multi)
+    iou = jnp.where(is_box[:, None], one_iou, multi_iou)
+    return logits, iou, *score
 
 
 def _split(params: Any, labels: Any | None) -> tuple[dict, dict]:
@@ -235,7 +282,7 @@ def make_train_step(
     compiler_options: dict[str, Any] | None = None,
     **loss_weights: float,
 ) -> Callable:
-    """jit-compiled (state, images, targets, key, valid=None) -> (state, metrics).
+    """jit-compiled (state, images, targets, key, valid=None, ignore=None) -> (state, metrics).
     `loss_weights` go to `sam_loss` (focal_weight, dice_weight, iou_weight, focal_alpha,
     focal_gamma).
 
@@ -243,7 +290,8 @@ def make_train_step(
     such as `interactive_loss`'s precomputed embeddings. valid: None, or a bool array of
     targets' object axes ((B, K) for targets (B, K, S, S)), False for padding objects; it
     reaches loss_fn as the keyword `valid` only when given, so loss_fns without it keep
-    working.
+    working. ignore: None, or each image's (clip's) void pixels, (B, S, S) bool for images
+    ((B, T, S, S) for clips), passed on as the keyword `ignore` when given.
 
     compute_dtype: the model's computation dtype for this step (e.g. jnp.bfloat16; see
     `sam_jax.build`), parameters and optimizer state staying float32; None: the model's own.
@@ -269,10 +317,11 @@ def make_train_step(
     fixed_labels = getattr(tx, "labels", None) if trainable is None else None
     run_model, cast_dtype = _at_compute_dtype(model, compute_dtype)
 
-    def grads_of(variables, images, targets, key, valid, labels):
-        """Gradients of the trained leaves (flat dict) and the loss's metrics."""
+    def grads_of(variables, images, targets, key, masks, labels):
+        """Gradients of the trained leaves (flat dict) and the loss's metrics; masks: the
+        step's valid and ignore (each None or an array)."""
         trained, frozen = _split(variables["params"], labels)
-        extra = {} if valid is None else {"valid": valid}
+        extra = {k: v for k, v in zip(("valid", "ignore"), masks, strict=True) if v is not None}
 
         def objective(trained):
             params = flax.traverse_util.unflatten_dict({**frozen, **trained})
@@ -295,7 +344,7 @@ def make_train_step(
 
         return jax.grad(objective, has_aux=True)(trained)
 
-    def accumulated(variables, images, targets, key, valid, labels):
+    def accumulated(variables, images, targets, key, masks, labels):
         """grads_of's mean over the micro-batches, and the mean of their metrics."""
         if targets.shape[0] % accumulate:
             raise ValueError(
@@ -303,24 +352,25 @@ def make_train_step(
             )
 
         def add_micro_batch(acc, xs):
-            i, im, tg, vd = xs
+            i, im, tg, mk = xs
             k = jax.random.fold_in(key, i)
-            g, met = grads_of(variables, im, tg, k, vd, labels)
+            g, met = grads_of(variables, im, tg, k, mk, labels)
             return jax.tree.map(jnp.add, acc, g), met
 
         zeros = jax.tree.map(jnp.zeros_like, _split(variables["params"], labels)[0])
-        xs = (jnp.arange(accumulate), *_micro_batches((images, targets, valid), accumulate))
+        xs = (jnp.arange(accumulate), *_micro_batches((images, targets, masks), accumulate))
         total, metrics = jax.lax.scan(add_micro_batch, zeros, xs)
         grads = jax.tree.map(lambda g: g / accumulate, total)
         return grads, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
-    def step(state: TrainState, images, targets, key, valid=None):
+    def step(state: TrainState, images, targets, key, valid=None, ignore=None):
         params = state.variables["params"]
         labels = fixed_labels
         if trainable is not None:
             labels = trainable_labels(params, trainable)
         grads_fn = grads_of if accumulate == 1 else accumulated
-        grads, metrics = grads_fn(state.variables, images, targets, key, valid, labels)
+        masks = (valid, ignore)
+        grads, metrics = grads_fn(state.variables, images, targets, key, masks, labels)
         frozen = _split(params, labels)[1]
         grads = {**jax.tree.map(jnp.zeros_like, frozen), **grads}
         grads = flax.traverse_util.unflatten_dict(grads)

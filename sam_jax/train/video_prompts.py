@@ -208,13 +208,18 @@ def box_prompt(
 
 
 def correction_click(
-    key: jax.Array, logits: jnp.ndarray, target: jnp.ndarray, prob_from_target: float
+    key: jax.Array,
+    logits: jnp.ndarray,
+    target: jnp.ndarray,
+    prob_from_target: float,
+    void: jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """`corrective_click` on logits (N, h, w) vs target (N, h, w) bool, each click drawn
-    inside the target instead with probability prob_from_target (the error region of an
-    all-background prediction). Returns logit-cell (x, y) (N, 1, 2) and labels (N, 1)."""
+    """`corrective_click` on logits (N, h, w) vs target (N, h, w) bool outside the void
+    (N, h, w) cells, each click drawn inside the target instead with probability
+    prob_from_target (the error region of an all-background prediction). Returns logit-cell
+    (x, y) (N, 1, 2) and labels (N, 1)."""
     if prob_from_target > 0:
         key, k_from = jax.random.split(key)
         from_target = jax.random.bernoulli(k_from, prob_from_target, (target.shape[0],))
         logits = jnp.where(from_target[:, None, None], -1.0, logits)
-    return corrective_click(key, logits, target)
+    return corrective_click(key, logits, target, void)

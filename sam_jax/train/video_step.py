@@ -45,13 +45,12 @@ import jax.numpy as jnp
 
 from sam_jax.tracking.memory_bank import MemoryBank, empty_bank, push
 from sam_jax.tracking.track_step import (
-    condition_on_memory,
-    encode_memory_impl,
     mask_prompt_impl,
     prompt_memory_impl,
+    tracked_heads,
 )
 from sam_jax.train.clicks import cell_centre
-from sam_jax.train.losses import object_score_loss, sam_loss, soft_targets
+from sam_jax.train.video_losses import clip_targets, frame_losses, heads_losses
 from sam_jax.train.video_prompts import (
     ClipPrompts,
     VideoPrompting,
@@ -75,26 +74,6 @@ class Prompted(NamedTuple):
     iou_last: jnp.ndarray
 
 
-def _losses(logits, iou, score_logits, soft, loss_weights: dict):
-    """Per frame: SAM's loss of logits (N, M, 4g, 4g) and predicted IoU (N, M) against soft
-    (N, 4g, 4g) where the object is visible, plus the object-score BCE of (N, 1) logits.
-    Returns loss (N,) and the trained mask's IoU (N,), NaN where the object is not visible."""
-    present = jnp.any(soft > 0.5, axis=(1, 2))
-    one = lambda lg, io, s: sam_loss(lg[None], io[None], s[None], **loss_weights)
-    mask_loss, met = jax.vmap(one)(logits, iou, soft)
-    loss = jnp.where(present, mask_loss, 0.0) + object_score_loss(score_logits, present)
-    return loss, jnp.where(present, met["iou"], jnp.nan)
-
-
-def _heads_losses(heads, soft, multimask: bool, loss_weights: dict):
-    """`_losses` of SAM heads' output: every candidate mask when multimask, else the one."""
-    if multimask:
-        logits, iou = heads.low_res_multimasks, heads.ious
-    else:
-        logits, iou = heads.low_res_masks, heads.ious[:, :1]
-    return _losses(logits, iou, heads.object_score_logits, soft, loss_weights)
-
-
 def _pick(choose: jnp.ndarray, a: Any, b: Any) -> Any:
     """Per frame, a where choose (N,) (or () for all) is True, else b (same pytrees)."""
 
@@ -113,18 +92,19 @@ def _correct(m, pix, hr, soft, heads, coords, labels, keys, first_multimask, pro
     final heads and the rounds' losses and IoUs (lists of (N,))."""
     cfg = m.config
     scale = cfg.image_size / cfg.mask_input_size
-    target = soft > 0.5
     losses, ious = [], []
     for r, key in enumerate(keys):
         low = jax.lax.stop_gradient(heads.low_res_masks[:, 0])  # (N, 4g, 4g)
-        click, label = correction_click(key, low, target, prompting.prob_click_from_target)
+        click, label = correction_click(
+            key, low, soft.mask, prompting.prob_click_from_target, soft.void
+        )
         click = cell_centre(click, scale)
         coords = click if coords is None else jnp.concatenate([coords, click], axis=1)
         labels = label if labels is None else jnp.concatenate([labels, label], axis=1)
         multimask = first_multimask and r == 0
         mask_in = jnp.clip(low, -32.0, 32.0)[..., None]  # absent objects are -1024
         heads = m.forward_sam_heads(pix, coords, labels, mask_in, hr, multimask_output=multimask)
-        loss, iou = _heads_losses(heads, soft, multimask, lw)
+        loss, iou = heads_losses(heads, soft, multimask, lw)
         losses.append(loss)
         ious.append(iou)
     return heads, losses, ious
@@ -133,7 +113,7 @@ def _correct(m, pix, hr, soft, heads, coords, labels, keys, first_multimask, pro
 def _point_prompted(m, pix, hr, soft, coords, labels, keys, multimask, prompting, lw):
     """Points (a click or box corners) on N conditioning frames, then the corrections."""
     heads = m.forward_sam_heads(pix, coords, labels, None, hr, multimask_output=multimask)
-    loss, iou = _heads_losses(heads, soft, multimask, lw)
+    loss, iou = heads_losses(heads, soft, multimask, lw)
     final, losses, ious = _correct(
         m, pix, hr, soft, heads, coords, labels, keys, False, prompting, lw
     )
@@ -151,7 +131,7 @@ def _mask_prompted(m, vision, hr0, hr1, masks, soft, lw) -> Prompted:
     ]
     low, ptr, score = (jnp.concatenate(x) for x in zip(*outs, strict=True))
     certain = jnp.ones((low.shape[0], 1), low.dtype)  # the given mask's IoU
-    loss, iou = _losses(low[:, None], certain, score[:, None], soft, lw)
+    loss, iou = frame_losses(low[:, None], certain, score[:, None], soft, lw)
     return Prompted(low, ptr, score, loss, iou, iou)
 
 
@@ -181,10 +161,10 @@ def _cond_frames_impl(
     keys = jax.random.split(key, num_corrections + 1)
     out = None
     if prompting.prob_mask < 1 and prompting.prob_box < 1:
-        coords, labels = click_prompt(keys[0], sf > 0.5, scale)
+        coords, labels = click_prompt(keys[0], sf.mask, scale)
         out = _point_prompted(m, pix, hr, sf, coords, labels, keys[1:], True, prompting, lw)
     if prompting.prob_mask < 1 and prompting.prob_box > 0:
-        coords, labels = box_prompt(jax.random.fold_in(keys[0], 1), sf > 0.5, scale)
+        coords, labels = box_prompt(jax.random.fold_in(keys[0], 1), sf.mask, scale)
         box = _point_prompted(m, pix, hr, sf, coords, labels, keys[1:], False, prompting, lw)
         out = box if out is None else _pick(prompts.use_box, box, out)
     if prompting.prob_mask > 0:
@@ -231,13 +211,9 @@ def _tracked_frame_impl(m, bank: MemoryBank, xs: dict, prompting, num_correction
     cfg = m.config
     f, vision, soft = xs["frame_idx"], xs["vision"], xs["soft"][None]
     hr = [xs["high_res_0"][None], xs["high_res_1"][None]]
-    pix = condition_on_memory(m, bank, f, vision)  # (1, g, g, D)
+    pix, heads, feats = tracked_heads(m, bank, f, vision, hr)  # pix (1, g, g, D)
     multimask = cfg.multimask_output_for_tracking
-    heads = m.forward_sam_heads(pix, high_res_features=hr, multimask_output=multimask)
-    loss, iou = _heads_losses(heads, soft, multimask, lw)
-    score = heads.object_score_logits[:, 0]
-    high = heads.high_res_masks[:, 0, :, :, None]
-    feats = encode_memory_impl(m, vision[None], high, score, binarize=False)
+    loss, iou = heads_losses(heads, soft, multimask, lw)
     ptr, write = heads.obj_ptr, ~xs["is_cond"][None]
     if prompting.corrects_tracked_frames(num_corrections):
         keys = jax.random.split(xs["key"], num_corrections)
@@ -282,9 +258,9 @@ def _track_clip(model, variables, frames: tuple, soft, masks, key, options: tupl
     ClipPrompts and the tracked frames' losses and IoUs (T-1,)."""
     num_corrections, remat_frames, prompting, lw = options
     vision, hr0, hr1 = frames
-    soft, masks = jnp.asarray(soft), jnp.asarray(masks)  # indexed by traced frame numbers
+    masks = jnp.asarray(masks)  # indexed by traced frame numbers
     t = vision.shape[0]
-    visible = jnp.any(soft > 0.5, axis=(1, 2))
+    visible = jnp.any(soft.mask, axis=(1, 2))
     # The frame-0 click and its corrections use `key` itself, as before the prompt options.
     prompts = draw_prompts(jax.random.fold_in(key, 1), visible, prompting, num_corrections)
     args = (*frames, soft, masks, prompts, key, prompting, num_corrections, lw)
@@ -324,7 +300,9 @@ def _clip_loss(model, variables, frames: tuple, soft, masks, key, options: tuple
         model, variables, frames, soft, masks, key, options
     )
     cond_loss = jnp.sum(jnp.where(prompts.cond_active, out.loss, 0.0))
-    total = (cond_loss + jnp.sum(track_losses)) / soft.shape[0]
+    # the mean over the annotated frames (of a sparsely annotated video)
+    annotated = jnp.maximum(jnp.sum(soft.annotated), 1)
+    total = (cond_loss + jnp.sum(track_losses)) / annotated
     metrics = {
         "loss": total,
         "iou_first": out.iou_first[0],
@@ -369,6 +347,7 @@ def clip_loss(
     *,
     prompting: VideoPrompting | None = None,
     valid: jnp.ndarray | None = None,
+    ignore: jnp.ndarray | None = None,
     **loss_weights: float,
 ) -> tuple[jnp.ndarray, dict]:
     """Mean loss over a batch of clips; clips (B, T, S, S, 3) normalised, targets
@@ -387,6 +366,9 @@ def clip_loss(
     valid: (B, K) bool for (B, T, K, S, S) targets, (B,) for (B, T, S, S): False marks a
     padding object (or clip), which adds nothing to the loss, its gradients or the metrics;
     the loss is the mean over the valid ones (0 if none is).
+    ignore: (B, T, S, S) bool, each clip's void pixels (unannotated frames: all of them),
+    left out of every object's mask losses, IoUs and corrective clicks; a frame without any
+    known pixel adds no loss at all, and a clip's loss is its mean over annotated frames.
     loss_weights: `sam_loss`'s weights."""
     valid = _check_inputs(clips, targets, valid)
     prompting = VideoPrompting() if prompting is None else prompting
@@ -394,7 +376,7 @@ def clip_loss(
     prompting.check_clip(t)
     if remat_frames is None:
         remat_frames = bool(getattr(model, "remat", False))
-    soft = soft_targets(targets, model.config.mask_input_size)
+    soft = clip_targets(targets, ignore, model.config.mask_input_size)
     vision, hr0, hr1 = _encode_frames(model, variables, clips.reshape(b * t, s, s, 3), remat_frames)
     options = (num_corrections, remat_frames, prompting, loss_weights)
 
