@@ -306,3 +306,17 @@ def test_bad_paths_are_refused(sam2, tmp_path):
     # the image set before is kept
     assert not sam2.is_batch
     np.testing.assert_array_equal(sam2.predict(box=[2, 2, 30, 30])[0], want)
+
+
+def test_generate_uses_the_predictors_mask_threshold():
+    """Predictor.generate passes its mask_threshold on to MaskGenerator unless told one."""
+    model, params = sam_jax.load("sam_tiny_shapes")
+    image = _image((96, 80), seed=3)
+    kw = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    p = Predictor(model, params, mask_threshold=1.5)
+    records = p.generate(image, **kw)
+    want = sam_jax.MaskGenerator(model, params, mask_threshold=1.5, **kw).generate(image)
+    plain = sam_jax.MaskGenerator(model, params, **kw).generate(image)
+    areas = lambda rs: sorted(r["area"] for r in rs)
+    assert areas(records) == areas(want) != areas(plain)
+    assert areas(p.generate(image, mask_threshold=0.0, **kw)) == areas(plain)

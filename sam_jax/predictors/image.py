@@ -321,7 +321,9 @@ class Predictor:
         """Segment everything in `image`: `MaskGenerator(model, params, *args, **options)
         .generate(image)` with this predictor's model, so the same options (points_per_side,
         points_per_batch, pred_iou_thresh, ...), defaults and records; `image` may be
-        anything `set_image` takes. The image set with `set_image` is left as it is."""
+        anything `set_image` takes; `mask_threshold` defaults to this predictor's. The image
+        set with `set_image` is left as it is."""
         from sam_jax.predictors.mask_generator import MaskGenerator  # it imports this module
 
+        options.setdefault("mask_threshold", self.mask_threshold)
         return MaskGenerator(self.model, self.params, *args, **options).generate(load_image(image))
