@@ -126,7 +126,6 @@ def test_video_end_to_end(tmp_path):
         objects_per_image=1,
         clip_len=2,
         warmup=0,  # the one step at the peak rate (a warm-up starts at 0)
-        video_prompts="sam2",  # masks, boxes, clicks on 1-2 frames, corrections
     )
     summary = ft.finetune(options)
     assert not summary["embedding_cache"]  # clips are encoded in the step
