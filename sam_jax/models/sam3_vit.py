@@ -26,7 +26,7 @@ from sam_jax.models.attention import attention
 from sam_jax.models.layers import gelu, layer_norm
 from sam_jax.models.rope import apply_rope
 from sam_jax.models.sam3_config import Sam3VisionConfig
-from sam_jax.models.vit import window_partition, window_unpartition
+from sam_jax.models.vit import PatchEmbed, window_partition, window_unpartition
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which every trunk norm uses
 
@@ -132,28 +132,6 @@ class Block(nn.Module):
         return x + Mlp(int(c * self.mlp_ratio), dtype=dt, name="mlp")(y)
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping p x p patch projection without bias: (B, H, W, 3) -> (B, H/p, W/p, C)."""
-
-    embed_dim: int
-    patch_size: int
-    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        p = self.patch_size
-        conv = nn.Conv(
-            self.embed_dim,
-            (p, p),
-            strides=(p, p),
-            padding="VALID",
-            use_bias=False,
-            dtype=self.dtype,
-            name="proj",
-        )
-        return conv(x)
-
-
 class ViT(nn.Module):
     """The trunk: (B, H, W, 3) normalised images -> (B, H/p, W/p, embed_dim) in `dtype`."""
 
@@ -170,7 +148,9 @@ class ViT(nn.Module):
                 f"images must be (B, H, W, 3) with H and W at least the patch size {p}; "
                 f"got shape {images.shape}"
             )
-        x = PatchEmbed(cfg.embed_dim, p, dtype=self.dtype, name="patch_embed")(images)
+        x = PatchEmbed(cfg.embed_dim, p, dtype=self.dtype, use_bias=False, name="patch_embed")(
+            images
+        )
         rows = 1 + cfg.pretrain_grid**2  # a class-token row first, unused
         pos = self.param("pos_embed", nn.initializers.zeros, (1, rows, cfg.embed_dim))
         x = x + tiled_abs_pos(pos, *x.shape[1:3]).astype(x.dtype)

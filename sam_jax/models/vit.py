@@ -105,17 +105,25 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patch projection: (B, S, S, 3) -> (B, S/p, S/p, D)."""
+    """Non-overlapping patch projection: (B, H, W, 3) -> (B, H/p, W/p, D) (trailing pixels
+    that fill no patch are dropped); SAM 3's has no bias."""
 
     embed_dim: int
     patch_size: int
     dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         p = self.patch_size
         conv = nn.Conv(
-            self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="proj"
+            self.embed_dim,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            name="proj",
         )
         return conv(x)
 
