@@ -11,6 +11,8 @@ import dataclasses
 import json
 from typing import Any, TypeAlias
 
+from sam_jax.models.sam3_config import Sam3VisionConfig
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ViTConfig:
@@ -120,9 +122,11 @@ class HieraConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Sam2Config(_Grid):
-    """A SAM 2 / 2.1 model: Hiera + FPN image encoder, SAM 2 heads and the memory modules."""
+    """A SAM 2 / 2.1 model: Hiera + FPN image encoder, SAM 2 heads and the memory modules.
+    With a Sam3VisionConfig encoder it is SAM 3's interactive tracker (`sam3`): the same
+    heads and memory on SAM 3's ViT and its tracker neck (stride 14)."""
 
-    encoder: HieraConfig = dataclasses.field(default_factory=HieraConfig)
+    encoder: HieraConfig | Sam3VisionConfig = dataclasses.field(default_factory=HieraConfig)
     name: str = "custom"
     image_size: int = 1024  # any multiple of 32
     # The three behaviours SAM 2.1 adds to SAM 2 (Meta's names; `SAM2_1` sets all three).
@@ -197,7 +201,12 @@ SAM2_1: dict[str, bool] = {
 ModelConfig: TypeAlias = SamConfig | Sam2Config
 
 
-ENCODER_TYPES: dict[str, type] = {"vit": ViTConfig, "tiny_vit": TinyViTConfig, "hiera": HieraConfig}
+ENCODER_TYPES: dict[str, type] = {
+    "vit": ViTConfig,
+    "tiny_vit": TinyViTConfig,
+    "hiera": HieraConfig,
+    "sam3_vit": Sam3VisionConfig,
+}
 MODEL_TYPES: dict[str, type] = {"sam": SamConfig, "sam2": Sam2Config}
 
 VARIANTS: dict[str, ModelConfig] = {
@@ -302,6 +311,18 @@ VARIANTS["sam2_tiny_shapes"] = Sam2Config(
     num_maskmem=3,
     conditioning_memory="in_window",
     multimask_output_for_tracking=False,
+)
+
+
+# SAM 3's interactive tracker (ultralytics' `build_interactive_sam3`): SAM 2.1's heads and
+# memory on SAM 3's vision backbone at 1008 px (a 72 x 72 grid), images scaled to [-1, 1].
+VARIANTS["sam3"] = Sam2Config(
+    name="sam3",
+    encoder=Sam3VisionConfig(),
+    image_size=1008,
+    **SAM2_1,
+    pixel_mean=(127.5, 127.5, 127.5),
+    pixel_std=(127.5, 127.5, 127.5),
 )
 
 

@@ -2,8 +2,9 @@
 
 Shapes (NHWC), for an image of size S and a feature grid (h, w) = (S/16, S/16):
     pix_feat (B, h, w, 256)  the frame's top-level (stride 16) features;
-    masks    (B, 16h, 16w, 1) mask at image resolution (SAM 2's `pred_masks_high_res`,
-             S x S): logits, or already-scaled probabilities with skip_mask_sigmoid=True
+    masks    (B, H, W, 1) mask at image resolution (`pred_masks_high_res`, S x S; SAM 2's
+             S is 16h, other sizes are resized to 16h x 16w first, bilinear and
+             antialiased, as SAM 3 does with its 14h): logits, or already-scaled probabilities with skip_mask_sigmoid=True
              (the tracker feeds sigmoid(logits) * 20 - 10, or binarised * 20 - 10);
     -> features (B, h, w, 64), pos (B, h, w, 64) (sine encoding, no parameters), float32
        whatever the computation dtype `dtype` (parameters stay float32; LayerNorm in float32).
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 
 from sam_jax.models.layers import DepthwiseConv, gelu, layer_norm
 from sam_jax.models.position_encoding import sine_position_encoding
+from sam_jax.models.resize import resize_bilinear_antialias
 
 
 class MaskDownSampler(nn.Module):
@@ -87,13 +89,15 @@ class MemoryEncoder(nn.Module):
         self, pix_feat: jnp.ndarray, masks: jnp.ndarray, skip_mask_sigmoid: bool = False
     ) -> tuple[jnp.ndarray, jnp.ndarray]:
         b, h, w, c = pix_feat.shape
-        if masks.shape[1:] != (16 * h, 16 * w, 1):
+        if masks.ndim != 4 or masks.shape[0] != b or masks.shape[-1] != 1:
             raise ValueError(
-                f"masks {masks.shape} do not match features {pix_feat.shape}: "
-                f"expected (B, {16 * h}, {16 * w}, 1), the mask at 16x the feature grid"
+                f"masks must be (B, H, W, 1) with the features' batch {b}; got {masks.shape}"
             )
         if not skip_mask_sigmoid:
             masks = jax.nn.sigmoid(masks)
+        if masks.shape[1:3] != (16 * h, 16 * w):
+            # SAM 3 (stride 14) resizes its S x S masks to 16x the grid, antialiased.
+            masks = resize_bilinear_antialias(masks.astype(jnp.float32), (16 * h, 16 * w))
         dt = self.dtype
         m = MaskDownSampler(c, dtype=dt, name="mask_downsampler")(masks.astype(dt))
         x = nn.Conv(c, (1, 1), dtype=dt, name="pix_feat_proj")(pix_feat) + m

@@ -24,6 +24,8 @@ from sam_jax.models.prompt_encoder import PromptEncoder
 from sam_jax.models.resize import linear_weights, resize_bilinear_antialias
 from sam_jax.models.sam import check_prompts
 from sam_jax.models.sam2_mask_decoder import Sam2MaskDecoder, take_best
+from sam_jax.models.sam3_config import Sam3VisionConfig
+from sam_jax.models.sam3_neck import Sam3TrackerImageEncoder
 
 # Logit written where the object score says "no object" (the reference's NO_OBJ_SCORE).
 NO_OBJ_SCORE = -1024.0
@@ -56,18 +58,30 @@ class Sam2(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        if cfg.image_size % 32:
-            raise ValueError(f"SAM 2 image size must be a multiple of 32, got {cfg.image_size}")
         d, mem = cfg.d_model, cfg.mem_dim
-        self.image_encoder = Sam2ImageEncoder(
-            cfg.encoder,
-            d,
-            tuple(cfg.fpn_top_down_levels),
-            cfg.scalp,
-            remat=self.remat,
-            dtype=self.dtype,
+        if isinstance(cfg.encoder, Sam3VisionConfig):
+            if cfg.image_size % cfg.encoder.stride:
+                raise ValueError(
+                    f"SAM 3 image size must be a multiple of {cfg.encoder.stride}, "
+                    f"got {cfg.image_size}"
+                )
+            self.image_encoder = Sam3TrackerImageEncoder(
+                cfg.encoder, cfg.scalp, remat=self.remat, dtype=self.dtype
+            )
+        else:
+            if cfg.image_size % 32:
+                raise ValueError(f"SAM 2 image size must be a multiple of 32, got {cfg.image_size}")
+            self.image_encoder = Sam2ImageEncoder(
+                cfg.encoder,
+                d,
+                tuple(cfg.fpn_top_down_levels),
+                cfg.scalp,
+                remat=self.remat,
+                dtype=self.dtype,
+            )
+        self.sam_prompt_encoder = PromptEncoder(
+            d, cfg.image_size, cfg.mask_in_chans, stride=cfg.encoder.stride
         )
-        self.sam_prompt_encoder = PromptEncoder(d, cfg.image_size, cfg.mask_in_chans)
         self.sam_mask_decoder = Sam2MaskDecoder(
             d,
             cfg.num_multimask_outputs,
@@ -78,6 +92,7 @@ class Sam2(nn.Module):
             cfg.iou_head_hidden_dim,
             cfg.dynamic_multimask_stability_delta,
             cfg.dynamic_multimask_stability_thresh,
+            sam2_mlp_names=not isinstance(cfg.encoder, Sam3VisionConfig),
         )
         self.memory_attention = MemoryAttention(
             d_model=d,

@@ -35,12 +35,15 @@ class Sam2MaskDecoder(nn.Module):
     iou_head_hidden_dim: int = 256
     stability_delta: float = 0.05
     stability_thresh: float = 0.98
+    # The transformer's MLP parameters as SAM 2 names them (`mlp.layers.i`); False: SAM's
+    # `mlp.lin1` / `mlp.lin2`, which SAM 3's tracker uses (same math).
+    sam2_mlp_names: bool = True
 
     def setup(self) -> None:
         d = self.transformer_dim
         self.num_mask_tokens = self.num_multimask_outputs + 1
         self.transformer = TwoWayTransformer(
-            self.depth, self.num_heads, self.mlp_dim, sam2_mlp_names=True
+            self.depth, self.num_heads, self.mlp_dim, sam2_mlp_names=self.sam2_mlp_names
         )
         self.iou_token = Table(1, d)
         self.mask_tokens = Table(self.num_mask_tokens, d)

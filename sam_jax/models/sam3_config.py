@@ -47,6 +47,11 @@ class Sam3VisionConfig:
         return self.image_size // self.patch_size
 
     @property
+    def stride(self) -> int:
+        """Pixels per side of one cell of the trunk's grid: one patch (14)."""
+        return self.patch_size
+
+    @property
     def pretrain_grid(self) -> int:
         """Side of the stored absolute position table (24)."""
         return self.pretrain_image_size // self.patch_size
@@ -79,3 +84,25 @@ def _check(cfg: Sam3VisionConfig) -> None:
         raise ValueError(f"scale_factors must be taken from {NECK_SCALES}; got {cfg.scale_factors}")
     if 4.0 in cfg.scale_factors and cfg.embed_dim % 4:
         raise ValueError(f"the 4x neck level needs embed_dim divisible by 4; got {cfg.embed_dim}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sam3DetectorConfig:
+    """SAM 3's concept detector on top of the vision and text backbones: the geometry
+    (exemplar) encoder, the image-prompt fusion encoder, the DETR-style decoder, the
+    dot-product scorer and the segmentation head. Defaults are the released model's."""
+
+    d_model: int = 256
+    num_heads: int = 8  # every attention of the detector
+    dim_feedforward: int = 2048  # every transformer layer's feed-forward width
+    geometry_layers: int = 3
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    num_queries: int = 200
+    presence_token: bool = True
+    scoring_mlp_dim: int = 2048  # DotProductScoring's 2-layer residual prompt MLP
+    mask_upsampling_stages: int = 3  # pixel decoder stages (nearest upsampling)
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of {self.num_heads} heads")

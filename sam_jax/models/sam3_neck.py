@@ -55,10 +55,10 @@ class BackboneOutput(NamedTuple):
     """The reference's four neck outputs, each list finest level first (the order of
     `scale_factors`). Features are float32 (B, h_i, w_i, d_model); position encodings are
     image independent, float32 (1, h_i, w_i, d_model). `sam2_*` are None without the
-    tracker's neck."""
+    tracker's neck, `sam3_*` when the detector's neck is skipped."""
 
-    sam3_features: list[jnp.ndarray]
-    sam3_pos: list[jnp.ndarray]
+    sam3_features: list[jnp.ndarray] | None
+    sam3_pos: list[jnp.ndarray] | None
     sam2_features: list[jnp.ndarray] | None
     sam2_pos: list[jnp.ndarray] | None
 
@@ -82,14 +82,16 @@ class Sam3DualViTDetNeck(nn.Module):
     dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     @nn.compact
-    def __call__(self, images: jnp.ndarray) -> BackboneOutput:
+    def __call__(self, images: jnp.ndarray, detector_neck: bool = True) -> BackboneOutput:
+        """`detector_neck=False` skips the detector's neck (`sam3_*` are None then): the
+        tracker reads only `sam2_*`."""
         cfg = self.config
         x = ViT(cfg, remat=self.remat, dtype=self.dtype, name="trunk")(images)
-        sam3 = self._levels(x, "convs")
+        sam3 = self._levels(x, "convs") if detector_neck else None
         sam2 = self._levels(x, "sam2_convs") if cfg.add_sam2_neck else None
         return BackboneOutput(
             sam3,
-            sine_positions(sam3, cfg.d_model),
+            None if sam3 is None else sine_positions(sam3, cfg.d_model),
             sam2,
             None if sam2 is None else sine_positions(sam2, cfg.d_model),
         )
@@ -100,3 +102,27 @@ class Sam3DualViTDetNeck(nn.Module):
             NeckLevel(s, cfg.d_model, dtype=self.dtype, name=f"{prefix}_{i}")(x).astype(jnp.float32)
             for i, s in enumerate(cfg.scale_factors)
         ]
+
+
+class Sam3TrackerImageEncoder(nn.Module):
+    """The interactive tracker's image encoder (`image_encoder.vision_backbone.*`): the trunk
+    and the tracker's neck, the coarsest `scalp` levels dropped. (B, S, S, 3) -> the dict of
+    `Sam2ImageEncoder`: `backbone_fpn` [(B, 4g, 4g, D), (B, 2g, 2g, D), (B, g, g, D)] with
+    g = S / 14, `vision_pos_enc` [(1, h_i, w_i, D)] and `vision_features` = the g x g level,
+    all float32."""
+
+    config: Sam3VisionConfig
+    scalp: int = 1
+    remat: bool = False
+    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
+
+    @nn.compact
+    def __call__(self, images: jnp.ndarray) -> dict:
+        if not self.config.add_sam2_neck:
+            raise ValueError("the tracker reads the SAM 2 neck: add_sam2_neck must be True")
+        out = Sam3DualViTDetNeck(
+            self.config, remat=self.remat, dtype=self.dtype, name="vision_backbone"
+        )(images, detector_neck=False)
+        keep = len(out.sam2_features) - self.scalp
+        features, pos = out.sam2_features[:keep], out.sam2_pos[:keep]
+        return {"vision_features": features[-1], "vision_pos_enc": pos, "backbone_fpn": features}

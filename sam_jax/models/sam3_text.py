@@ -31,8 +31,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax.models.attention import attention
 from sam_jax.models.layers import Table, gelu, layer_norm
+from sam_jax.models.mha import MultiheadAttention
 
 # Added to the logits of future keys: exp() of it is exactly 0 in float32, and unlike -inf it
 # cannot turn into NaN in any attention implementation.
@@ -67,25 +67,6 @@ def causal_bias(length: int) -> np.ndarray:
     return np.where(future, _MASKED, 0.0).astype(np.float32)[None, None]
 
 
-class MultiheadSelfAttention(nn.Module):
-    """torch's nn.MultiheadAttention as self-attention: (B, L, C) -> (B, L, C)."""
-
-    num_heads: int
-    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
-        b, n, c = x.shape
-        init = nn.initializers.xavier_uniform(in_axis=-1, out_axis=-2)
-        w = self.param("in_proj_weight", init, (3 * c, c), jnp.float32)
-        w_bias = self.param("in_proj_bias", nn.initializers.zeros, (3 * c,), jnp.float32)
-        dt = self.dtype
-        qkv = jnp.einsum("bnc,oc->bno", x.astype(dt), w.astype(dt)) + w_bias.astype(dt)
-        qkv = qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads)
-        out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], bias=bias)
-        return nn.Dense(c, dtype=dt, name="out_proj")(out.reshape(b, n, c))
-
-
 class Mlp(nn.Module):
     """CLIP's feed-forward: c_fc -> GELU (erf) -> c_proj, (B, L, C) -> (B, L, C)."""
 
@@ -109,7 +90,7 @@ class ResidualAttentionBlock(nn.Module):
     def __call__(self, x: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
         dt, width = self.dtype, x.shape[-1]
         y = layer_norm(1e-5, name="ln_1", dtype=dt)(x)
-        x = x + MultiheadSelfAttention(self.num_heads, dtype=dt, name="attn")(y, bias)
+        x = x + MultiheadAttention(self.num_heads, dtype=dt, name="attn")(y, bias=bias)
         y = layer_norm(1e-5, name="ln_2", dtype=dt)(x)
         return x + Mlp(int(width * self.mlp_ratio), dtype=dt, name="mlp")(y)
 

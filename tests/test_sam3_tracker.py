@@ -1,0 +1,152 @@
+"""SAM 3's interactive tracker (`sam3`: SAM 2.1's heads and memory on SAM 3's ViT) against
+ultralytics' SAM3Model, every parameter and buffer random.
+
+A reduced tracker (ViT 2 x 64 at 112 px, a 8 x 8 grid) covers the encoder's tracker neck, the
+SAM heads for every prompt kind and a whole video session (two objects prompted on
+different frames, propagation, a correction, reverse tracking) through VideoPredictor against
+the reference's track_step. The full-size tracker's shapes and a full-size forward run in
+tests/test_sam3_full.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from sam_jax.checkpoint import build_from_config, variable_shapes
+from sam_jax.config import VARIANTS, config_from_json, config_to_json
+from sam_jax.convert.keymap import state_dict_to_variables
+from sam_jax.models.sam3_config import Sam3VisionConfig
+from tests.reference import nchw, randomize_, rel_err, to_nchw
+from tests.reference_sam3 import build_reference_sam3_tracker, tracker_state_dict
+from tests.test_video import Session, Setup, _video
+
+FEATURE_TOL = 1e-4
+LOGIT_TOL = 1e-3
+HEADS = ("low_res_multimasks", "high_res_multimasks", "ious", "low_res_masks",
+         "high_res_masks", "obj_ptr", "object_score_logits")  # fmt: skip
+
+SMALL = dataclasses.replace(
+    VARIANTS["sam3"],
+    name="sam3_small",
+    image_size=112,
+    encoder=Sam3VisionConfig(
+        embed_dim=64,
+        depth=2,
+        num_heads=2,
+        window_size=4,
+        global_att_blocks=(1,),
+        pretrain_image_size=56,
+    ),
+    memory_attention_layers=2,
+    memory_attention_mlp_dim=256,
+)
+
+
+@functools.cache
+def _setup(score_shift: float = 1.0) -> Setup:
+    ref = randomize_(build_reference_sam3_tracker(SMALL), seed=4)
+    with torch.no_grad():  # random weights give scores near 0: make "object present" sure
+        ref.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += score_shift
+    model = build_from_config(SMALL)
+    params = jax.device_put(
+        state_dict_to_variables(tracker_state_dict(ref), variable_shapes(model))
+    )
+    return Setup(SMALL, ref, model, params)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _encode(model, params, images):
+    return model.apply(params, images, method="encode_image")
+
+
+@functools.cache
+def _encoded():
+    setup = _setup()
+    s = SMALL.image_size
+    images = np.random.default_rng(0).standard_normal((2, s, s, 3)).astype(np.float32)
+    with torch.no_grad():
+        rout = setup.ref.forward_image(to_nchw(images))
+    return setup, rout, _encode(setup.model, setup.params, images)
+
+
+@pytest.mark.torch
+def test_tracker_encoder_matches_reference():
+    _, r, f = _encoded()
+    g = SMALL.embed_size
+    assert g == 8
+    for i, (side, chans) in enumerate([(4 * g, 32), (2 * g, 64), (g, 256)]):
+        assert f["backbone_fpn"][i].shape == (2, side, side, chans)
+        assert rel_err(f["backbone_fpn"][i], nchw(r["backbone_fpn"][i])) < FEATURE_TOL
+        assert rel_err(f["vision_pos_enc"][i], nchw(r["vision_pos_enc"][i])) < FEATURE_TOL
+    assert rel_err(f["vision_features"], nchw(r["vision_features"])) < FEATURE_TOL
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("multimask", [True, False])
+def test_tracker_heads_match_reference(multimask: bool):
+    setup, rout, feats = _encoded()
+    s = SMALL.image_size
+    rng = np.random.default_rng(1)
+    coords = rng.uniform(0, s, (2, 3, 2)).astype(np.float32)
+    labels = np.array([[2, 3, 1], [1, 0, 1]], np.int32)
+    masks = 5 * rng.standard_normal((2, s, s, 1)).astype(np.float32)  # resized to 4g
+    with torch.no_grad():
+        emb = rout["vision_features"] + setup.ref.no_mem_embed.view(1, -1, 1, 1)
+        points = {
+            "point_coords": torch.from_numpy(coords),
+            "point_labels": torch.from_numpy(labels),
+        }
+        theirs = setup.ref._forward_sam_heads(
+            emb, points, to_nchw(masks), rout["backbone_fpn"][:2], multimask
+        )
+    nme = setup.params["params"]["no_mem_embed"].reshape(1, 1, 1, -1)
+    ours = setup.model.apply(
+        setup.params,
+        feats["vision_features"] + nme,
+        coords,
+        labels,
+        masks,
+        feats["high_res_features"],
+        multimask,
+        method="forward_sam_heads",
+    )
+    assert ours.low_res_masks.shape == (2, 1, 4 * SMALL.embed_size, 4 * SMALL.embed_size)
+    assert ours.high_res_masks.shape == (2, 1, s, s)
+    for name, a, b in zip(HEADS, ours, theirs, strict=True):
+        tol = LOGIT_TOL if "masks" in name else FEATURE_TOL
+        assert rel_err(a, b.numpy()) < tol, (name, rel_err(a, b.numpy()))
+
+
+@pytest.mark.torch
+def test_tracker_video_session_matches_reference():
+    """Two objects prompted on different frames (click, box), forward propagation, a
+    correction and re-propagation, then reverse: every frame's logits per object."""
+    setup = _setup()
+    s = SMALL.image_size
+    sess = Session(setup, _video(6, s, s, seed=3), chunk_size=4)
+    sess.points(0, 1, [[0.25 * s, 0.4 * s]], [1])
+    sess.points(2, 2, box=[0.55 * s, 0.45 * s, 0.8 * s, 0.85 * s])
+    assert sess.propagate("fwd") == list(range(6))
+    sess.points(3, 1, [[0.4 * s, 0.45 * s], [0.9 * s, 0.1 * s]], [1, 0])
+    assert sess.propagate("re-prop", start_frame_idx=3) == list(range(3, 6))
+    assert sess.propagate("reverse", start_frame_idx=5, reverse=True) == list(range(5, -1, -1))
+    sess.report("sam3 tracker small")
+    assert sess.present > 0
+
+
+def test_sam3_config_round_trip_and_grid():
+    cfg = VARIANTS["sam3"]
+    assert (cfg.image_size, cfg.embed_size, cfg.mask_input_size) == (1008, 72, 288)
+    assert cfg.pixel_mean == cfg.pixel_std == (127.5, 127.5, 127.5)
+    assert config_from_json(config_to_json(cfg)) == cfg
+    with pytest.raises(ValueError, match="multiple of 14"):
+        build_from_config(dataclasses.replace(SMALL, image_size=120)).init(
+            jax.random.key(0), jnp.zeros((1, 120, 120, 3)), method="encode_image"
+        )
