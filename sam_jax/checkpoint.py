@@ -22,6 +22,7 @@ from sam_jax.config import Sam2Config, SamConfig, config_from_json, config_to_js
 from sam_jax.convert.detect import detect_variant
 from sam_jax.convert.hf_reader import hf_model_config, hf_to_variables, is_hf_checkpoint, read_hf
 from sam_jax.convert.keymap import state_dict_to_variables
+from sam_jax.convert.sam3_keys import is_sam3_checkpoint, tracker_state_dict
 from sam_jax.convert.torch_reader import read_state_dict, read_torch_file
 from sam_jax.models.sam import Sam
 from sam_jax.models.sam2 import Sam2
@@ -230,6 +231,9 @@ def load(
         )
     state_dict = _torch_state_dict(path)
     try:
+        if is_sam3_checkpoint(state_dict):
+            variant = variant or "sam3"
+            state_dict = tracker_state_dict(state_dict)
         model = build(variant or detect_variant(state_dict), image_size, dtype=dtype)
         variables = state_dict_to_variables(state_dict, variable_shapes(model))
     except ValueError as e:

@@ -18,10 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax.traverse_util import flatten_dict
 
 from sam_jax.checkpoint import build_from_config, variable_shapes
 from sam_jax.config import VARIANTS, config_from_json, config_to_json
-from sam_jax.convert.keymap import state_dict_to_variables
+from sam_jax.convert.keymap import _torch_shape, state_dict_to_variables, torch_key
+from sam_jax.convert.sam3_keys import tracker_to_sam3_keys
 from sam_jax.models.sam3_config import Sam3VisionConfig
 from tests.reference import nchw, randomize_, rel_err, to_nchw
 from tests.reference_sam3 import build_reference_sam3_tracker, tracker_state_dict
@@ -150,3 +152,102 @@ def test_sam3_config_round_trip_and_grid():
         build_from_config(dataclasses.replace(SMALL, image_size=120)).init(
             jax.random.key(0), jnp.zeros((1, 120, 120, 3)), method="encode_image"
         )
+
+
+def _combined_file(ref: torch.nn.Module, sam3_1: bool) -> dict[str, torch.Tensor]:
+    """A SAM 3 (or 3.1) style combined state_dict around the reference tracker's weights,
+    with detector-only entries the tracker must leave alone."""
+    sd = {k: torch.from_numpy(v) for k, v in tracker_state_dict(ref).items()}
+    sd.update(
+        {
+            k: v.detach()
+            for k, v in ref.state_dict().items()
+            if k.startswith("image_encoder.vision_backbone.convs.")
+        }
+    )
+    out = {k: v.clone() for k, v in tracker_to_sam3_keys(sd).items()}
+    out["detector.transformer.decoder.query_embed.weight"] = torch.zeros(3, 4)
+    out["detector.backbone.language_backbone.resizer.bias"] = torch.zeros(4)
+    if sam3_1:  # SAM 3.1's names for the interactive head and neck, plus its multiplex tracker
+        out = {
+            k.replace("tracker.", "tracker.model.interactive_").replace(
+                "sam2_convs", "interactive_convs"
+            ): v
+            for k, v in out.items()
+        }
+        out["tracker.model.multiplex_head.weight"] = torch.zeros(2, 2)
+    return out
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("sam3_1", [False, True])
+def test_load_combined_checkpoint_and_export(tmp_path, monkeypatch, sam3_1: bool):
+    """sam_jax.load reads the tracker out of a combined file (SAM 3 and 3.1 names), strictly;
+    exporting writes the combined names back, and the exported file loads the same."""
+    import sam_jax
+    from sam_jax.convert.export import export_torch
+
+    monkeypatch.setitem(VARIANTS, "sam3_small", SMALL)
+    setup = _setup()
+    path = tmp_path / "sam3.pt"
+    torch.save({"model": _combined_file(setup.ref, sam3_1)}, path)
+    model, variables = sam_jax.load(path, variant="sam3_small")
+    same = jax.tree_util.tree_map(np.array_equal, variables, setup.params)
+    assert all(jax.tree_util.tree_leaves(same))
+
+    out = tmp_path / "exported.pt"
+    export_torch(out, model, variables)
+    written = torch.load(out)["model"]
+    assert all(k.startswith(("detector.backbone.vision_backbone.", "tracker.")) for k in written)
+    assert "tracker.transformer.encoder.layers.0.self_attn.q_proj.weight" in written
+    _, again = sam_jax.load(out, variant="sam3_small")
+    same = jax.tree_util.tree_map(np.array_equal, again, setup.params)
+    assert all(jax.tree_util.tree_leaves(same))
+
+    broken = _combined_file(setup.ref, sam3_1)
+    broken = {k: v for k, v in broken.items() if "maskmem_tpos_enc" not in k}
+    torch.save({"model": broken}, path)
+    with pytest.raises(ValueError, match="maskmem_tpos_enc"):
+        sam_jax.load(path, variant="sam3_small")
+    torch.save({"model": {"detector.transformer.x": torch.zeros(1)}}, path)
+    with pytest.raises(ValueError, match="no SAM 3 tracker"):
+        sam_jax.load(path)
+
+
+@pytest.mark.torch
+def test_full_size_tracker_names_and_shapes():
+    """The full `sam3` tracker's variables are exactly the reference SAM3Model's (as
+    `build_interactive_sam3` builds it), detector neck aside."""
+    ref = build_reference_sam3_tracker(VARIANTS["sam3"])
+    theirs = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    del ref
+    theirs = {k: v for k, v in theirs.items() if ".vision_backbone.convs." not in k}
+    shapes = variable_shapes(build_from_config(VARIANTS["sam3"]))
+    flat = flatten_dict(dict(shapes))  # every collection (buffers too), its name first
+    ours = {torch_key(p[1:]): _torch_shape(p[1:], v.shape) for p, v in flat.items()}
+    assert ours == theirs
+
+
+@pytest.mark.torch
+def test_predictor_takes_the_tracker():
+    """Predictor runs SAM 3's tracker as it runs SAM 2: the click's logits at the model's
+    size are the reference heads' on the same letterboxed, [-1, 1]-scaled image."""
+    from sam_jax.predictors.image import Predictor
+    from sam_jax.transforms import letterbox
+
+    setup = _setup()
+    s = SMALL.image_size
+    image = _video(1, 84, s, seed=5)[0]  # letterboxed: padded at the bottom
+    pred = Predictor(setup.model, setup.params)
+    pred.set_image(image)
+    point = np.array([[0.3 * s, 0.4 * 84]], np.float32)
+    masks, scores, low = pred.predict(point_coords=point, point_labels=np.array([1]))
+    assert masks.shape == (3, 84, s) and scores.shape == (3,)
+    norm = (letterbox(image, s).astype(np.float32) - 127.5) / 127.5
+    with torch.no_grad():
+        rout = setup.ref.forward_image(to_nchw(norm[None]))
+        emb = rout["vision_features"] + setup.ref.no_mem_embed.view(1, -1, 1, 1)
+        pts = {"point_coords": torch.from_numpy(point[None]), "point_labels": torch.ones(1, 1)}
+        theirs = setup.ref._forward_sam_heads(emb, pts, None, rout["backbone_fpn"][:2], True)
+    assert rel_err(low, theirs[0][0].numpy()) < LOGIT_TOL
+    assert rel_err(scores, theirs[2][0].numpy()) < FEATURE_TOL
