@@ -18,7 +18,14 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from sam_jax.config import Sam2Config, SamConfig, config_from_json, config_to_json, variant_config
+from sam_jax.config import (
+    Sam2Config,
+    Sam3SemanticConfig,
+    SamConfig,
+    config_from_json,
+    config_to_json,
+    variant_config,
+)
 from sam_jax.convert.detect import detect_variant
 from sam_jax.convert.hf_reader import hf_model_config, hf_to_variables, is_hf_checkpoint, read_hf
 from sam_jax.convert.keymap import state_dict_to_variables
@@ -26,9 +33,14 @@ from sam_jax.convert.sam3_keys import is_sam3_checkpoint, tracker_state_dict
 from sam_jax.convert.torch_reader import read_state_dict, read_torch_file
 from sam_jax.models.sam import Sam
 from sam_jax.models.sam2 import Sam2
+from sam_jax.models.sam3_semantic import Sam3Semantic
 
 # Top-level module for each model config type.
-MODELS: dict[type, type[nn.Module]] = {SamConfig: Sam, Sam2Config: Sam2}
+MODELS: dict[type, type[nn.Module]] = {
+    SamConfig: Sam,
+    Sam2Config: Sam2,
+    Sam3SemanticConfig: Sam3Semantic,
+}
 
 FORMAT = "sam_jax"
 TORCH_SUFFIXES = (".pt", ".pth")

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from typing import Any, TypeAlias
 
-from sam_jax.models.sam3_config import Sam3VisionConfig
+from sam_jax.models.sam3_config import Sam3DetectorConfig, Sam3TextConfig, Sam3VisionConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -197,8 +197,37 @@ SAM2_1: dict[str, bool] = {
     "proj_tpos_enc_in_obj_ptrs": True,
     "use_signed_tpos_enc_to_obj_ptrs": True,
 }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sam3SemanticConfig(_Grid):
+    """SAM 3's concept model (ultralytics' SAM3SemanticModel): the vision backbone with the
+    detector's neck, the text encoder, and the detector. Images are stretched to S x S (no
+    letterbox) and scaled to [-1, 1]; masks come out at 4x the grid (288 at 1008 px)."""
+
+    encoder: Sam3VisionConfig = dataclasses.field(
+        default_factory=lambda: Sam3VisionConfig(add_sam2_neck=False)
+    )
+    text: Sam3TextConfig = dataclasses.field(default_factory=Sam3TextConfig)
+    detector: Sam3DetectorConfig = dataclasses.field(default_factory=Sam3DetectorConfig)
+    name: str = "custom"
+    image_size: int = 1008
+    scalp: int = 1  # coarsest neck levels dropped
+    pixel_mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    pixel_std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    wraps_state_dict: bool = True
+
+    def __post_init__(self) -> None:
+        d = self.detector.d_model
+        if self.encoder.d_model != d or self.text.d_model != d:
+            raise ValueError(
+                f"the neck ({self.encoder.d_model}), text ({self.text.d_model}) and detector "
+                f"({d}) widths must agree"
+            )
+
+
 # Any model config: what VARIANTS holds and `sam_jax.build` accepts.
-ModelConfig: TypeAlias = SamConfig | Sam2Config
+ModelConfig: TypeAlias = SamConfig | Sam2Config | Sam3SemanticConfig
 
 
 ENCODER_TYPES: dict[str, type] = {
@@ -207,7 +236,13 @@ ENCODER_TYPES: dict[str, type] = {
     "hiera": HieraConfig,
     "sam3_vit": Sam3VisionConfig,
 }
-MODEL_TYPES: dict[str, type] = {"sam": SamConfig, "sam2": Sam2Config}
+MODEL_TYPES: dict[str, type] = {
+    "sam": SamConfig,
+    "sam2": Sam2Config,
+    "sam3_semantic": Sam3SemanticConfig,
+}
+# Nested configs other than the encoder, by field name.
+_NESTED: dict[str, type] = {"text": Sam3TextConfig, "detector": Sam3DetectorConfig}
 
 VARIANTS: dict[str, ModelConfig] = {
     "sam_b": SamConfig(
@@ -324,6 +359,8 @@ VARIANTS["sam3"] = Sam2Config(
     pixel_mean=(127.5, 127.5, 127.5),
     pixel_std=(127.5, 127.5, 127.5),
 )
+# SAM 3's concept model (`build_sam3_image_model`): text / exemplar prompts -> every instance.
+VARIANTS["sam3_semantic"] = Sam3SemanticConfig(name="sam3_semantic")
 
 
 def variant_config(name: str, image_size: int | None = None) -> ModelConfig:
@@ -368,4 +405,5 @@ def config_from_json(text: str) -> ModelConfig:
     enc = dict(d.pop("encoder"))
     enc_cls = ENCODER_TYPES[enc.pop("type")]
     cls = MODEL_TYPES[d.pop("type")]
-    return cls(encoder=enc_cls(**_tuples(enc)), **_tuples(_upgrade_legacy_keys(d)))
+    nested = {k: _NESTED[k](**_tuples(d.pop(k))) for k in list(d) if k in _NESTED}
+    return cls(encoder=enc_cls(**_tuples(enc)), **nested, **_tuples(_upgrade_legacy_keys(d)))

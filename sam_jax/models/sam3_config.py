@@ -106,3 +106,22 @@ class Sam3DetectorConfig:
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model {self.d_model} is not a multiple of {self.num_heads} heads")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sam3TextConfig:
+    """SAM 3's text encoder; the defaults are the released model's."""
+
+    width: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    context_length: int = 32
+    vocab_size: int = 49408
+    d_model: int = 256  # the resizer's output: the detector's width
+    projection_dim: int = 512  # CLIP's text projection, stored but unused
+    use_ln_post: bool = True  # final LayerNorm
+
+    def __post_init__(self) -> None:
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} is not a multiple of {self.num_heads} heads")

@@ -24,7 +24,6 @@ nn.MultiheadAttention, whose packed q/k/v projection is stored in torch's layout
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -33,29 +32,11 @@ import numpy as np
 
 from sam_jax.models.layers import Table, gelu, layer_norm
 from sam_jax.models.mha import MultiheadAttention
+from sam_jax.models.sam3_config import Sam3TextConfig
 
 # Added to the logits of future keys: exp() of it is exactly 0 in float32, and unlike -inf it
 # cannot turn into NaN in any attention implementation.
 _MASKED = -1e9
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Sam3TextConfig:
-    """SAM 3's text encoder; the defaults are the released model's."""
-
-    width: int = 1024
-    depth: int = 24
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    context_length: int = 32
-    vocab_size: int = 49408
-    d_model: int = 256  # the resizer's output: the detector's width
-    projection_dim: int = 512  # CLIP's text projection, stored but unused
-    use_ln_post: bool = True  # final LayerNorm
-
-    def __post_init__(self) -> None:
-        if self.width % self.num_heads:
-            raise ValueError(f"width {self.width} is not a multiple of {self.num_heads} heads")
 
 
 SAM3_TEXT = Sam3TextConfig()

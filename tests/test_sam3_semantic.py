@@ -1,0 +1,178 @@
+"""SAM 3's concept model (`sam3_semantic`) against ultralytics' SAM3SemanticModel, every
+parameter and buffer random: text prompts (several captions at once, as the reference
+batches them) and exemplar boxes (positive and negative, with and without a caption), from
+the image and the caption strings to scores, boxes and masks. A reduced model (ViT 2 x 64
+at 112 px, text 2 x 64, 2 + 2 detector layers, 12 queries) covers the math; the full-size
+model's names and shapes are checked against the reference's (built on torch's meta
+device). The detector parts have their own tests (test_sam3_encoder / _decoder / _seg_head).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from sam_jax.checkpoint import build_from_config, variable_shapes
+from sam_jax.config import VARIANTS, Sam3SemanticConfig, config_from_json, config_to_json
+from sam_jax.convert.keymap import state_dict_to_variables
+from sam_jax.models.sam3_config import Sam3DetectorConfig, Sam3TextConfig, Sam3VisionConfig
+from sam_jax.text import CLIPTokenizer
+from tests.reference import randomize_, rel_err, to_nchw
+
+TOL = 1e-4
+SMALL = Sam3SemanticConfig(
+    name="sam3_semantic_small",
+    image_size=112,
+    encoder=Sam3VisionConfig(
+        embed_dim=64,
+        depth=2,
+        num_heads=2,
+        window_size=4,
+        global_att_blocks=(1,),
+        pretrain_image_size=56,
+        add_sam2_neck=False,
+    ),
+    text=Sam3TextConfig(width=64, depth=2, num_heads=4),
+    detector=Sam3DetectorConfig(
+        geometry_layers=1, encoder_layers=2, decoder_layers=2, num_queries=12
+    ),
+)
+CAPTIONS = ["a red car", "dog", "wow!😀 a cat"]
+KEYS = ("pred_logits", "presence_logit", "pred_boxes", "pred_boxes_xyxy", "pred_masks",
+        "semantic_seg")  # fmt: skip
+
+
+@dataclasses.dataclass
+class Setup:
+    ref: torch.nn.Module
+    model: object
+    params: dict
+    image: np.ndarray  # (1, S, S, 3) normalised
+
+
+@functools.cache
+def _setup() -> Setup:
+    from tests.reference_sam3 import build_reference_sam3_semantic
+    from tests.test_sam3_text import _PaddedSimpleTokenizer
+
+    ref = randomize_(build_reference_sam3_semantic(SMALL, _PaddedSimpleTokenizer()), seed=6)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        text = ref.backbone.language_backbone.encoder
+        text.attn_mask.copy_(text.build_causal_mask())  # a constant, not a weight
+        # randomize_ leaves packed q/k/v weights at 0.2 std, where stacked layers amplify
+        # float32 rounding past any tolerance (torch float32 vs float64 included).
+        for name, p in ref.named_parameters():
+            if name.endswith("in_proj_weight"):
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
+    model = build_from_config(SMALL)
+    sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    params = jax.device_put(state_dict_to_variables(sd, variable_shapes(model)))
+    s = SMALL.image_size
+    image = np.random.default_rng(0).uniform(-1, 1, (1, s, s, 3)).astype(np.float32)
+    return Setup(ref, model, params, image)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _ours(model, params, image, ids, boxes, labels):
+    feats = model.apply(params, image, method="encode_image")
+    text = model.apply(params, ids, method="encode_text")
+    return model.apply(params, feats, text, boxes, labels, method="detect")
+
+
+def _theirs(setup: Setup, captions, boxes=None, labels=None) -> dict:
+    from ultralytics.models.sam.sam3.geometry_encoders import Prompt
+
+    ref = setup.ref
+    prompt = None
+    if boxes is not None:  # (T, N, 4) -> the reference's sequence-first (N, T, 4)
+        prompt = Prompt(
+            box_embeddings=torch.from_numpy(boxes.transpose(1, 0, 2).copy()),
+            box_labels=torch.from_numpy(labels.T.astype(np.int64).copy()),
+        )
+    with torch.no_grad():
+        ref.set_classes(captions)
+        feats = ref.backbone.forward_image(to_nchw(setup.image))
+        out = ref.forward_grounding(feats, torch.arange(len(captions)), prompt)
+    return {
+        "pred_logits": out["pred_logits"][..., 0].numpy(),
+        "presence_logit": out["presence_logit_dec"][..., 0].numpy(),
+        "pred_boxes": out["pred_boxes"].numpy(),
+        "pred_boxes_xyxy": out["pred_boxes_xyxy"].numpy(),
+        "pred_masks": out["pred_masks"].numpy(),
+        "semantic_seg": out["semantic_seg"][:, 0].numpy(),
+    }
+
+
+def _compare(captions, boxes=None, labels=None) -> dict[str, float]:
+    setup = _setup()
+    ids = CLIPTokenizer()(captions, SMALL.text.context_length)
+    ours = _ours(setup.model, setup.params, setup.image, jnp.asarray(ids), boxes, labels)
+    theirs = _theirs(setup, captions, boxes, labels)
+    errs = {}
+    g, t = SMALL.embed_size, len(captions)
+    assert ours["pred_masks"].shape == (t, SMALL.detector.num_queries, 4 * g, 4 * g)
+    for key in KEYS:
+        assert ours[key].shape == theirs[key].shape, (key, ours[key].shape, theirs[key].shape)
+        errs[key] = rel_err(ours[key], theirs[key])
+    print(f"\n{captions}, boxes {None if boxes is None else boxes.shape}: {errs}")
+    assert max(errs.values()) < TOL, errs
+    return errs
+
+
+@pytest.mark.torch
+def test_text_prompts_match_reference():
+    """Three captions in one call (one image's features broadcast to the prompts)."""
+    errs = _compare(CAPTIONS)
+    assert set(errs) == set(KEYS)
+
+
+@pytest.mark.torch
+def test_exemplar_boxes_match_reference():
+    """A caption with a positive and a negative exemplar box; boxes alone use the caption
+    "visual", as ultralytics' predictor does."""
+    boxes = np.array([[[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.25, 0.2]]], np.float32)
+    labels = np.array([[1, 0]], np.int32)
+    _compare(["a red car"], boxes, labels)
+    _compare(["visual"], boxes[:, :1], labels[:, :1])
+
+
+def test_config_round_trip_and_errors():
+    cfg = VARIANTS["sam3_semantic"]
+    assert (cfg.embed_size, cfg.mask_input_size) == (72, 288)
+    assert config_from_json(config_to_json(cfg)) == cfg
+    with pytest.raises(ValueError, match="widths must agree"):
+        Sam3SemanticConfig(text=Sam3TextConfig(d_model=128))
+    model = build_from_config(SMALL)
+    with pytest.raises(ValueError, match="images must be"):
+        jax.eval_shape(
+            lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), method="encode_image")
+        )
+
+
+@pytest.mark.torch
+def test_full_size_names_and_shapes(monkeypatch):
+    """The full concept model's variables are exactly the reference's (as
+    build_sam3_image_model builds it), the tracker's neck aside."""
+    import ultralytics.models.sam.build_sam3 as build
+
+    monkeypatch.setattr(build, "_load_checkpoint", lambda model, path, **kw: model)
+    for name in ("trunc_normal_", "normal_", "uniform_", "kaiming_uniform_", "xavier_uniform_",
+                 "constant_", "zeros_", "ones_"):  # fmt: skip
+        monkeypatch.setattr(torch.nn.init, name, lambda t, *a, **k: t)  # shapes only: no init
+    ref = build.build_sam3_image_model("unused.pt")
+    theirs = {k: tuple(v.shape) for k, v in ref.state_dict().items() if ".sam2_convs." not in k}
+    from flax.traverse_util import flatten_dict
+
+    from sam_jax.convert.keymap import _torch_shape, torch_key
+
+    flat = flatten_dict(dict(variable_shapes(build_from_config(VARIANTS["sam3_semantic"]))))
+    ours = {torch_key(p[1:]): _torch_shape(p[1:], v.shape) for p, v in flat.items()}
+    assert ours.keys() == theirs.keys(), (ours.keys() - theirs.keys(), theirs.keys() - ours.keys())
+    assert ours == theirs
