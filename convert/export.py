@@ -7,8 +7,9 @@ from collections.abc import Mapping
 
 import flax.linen as nn
 
+from sam_jax.config import Sam3SemanticConfig
 from sam_jax.convert.keymap import variables_to_state_dict
-from sam_jax.convert.sam3_keys import tracker_to_sam3_keys
+from sam_jax.convert.sam3_keys import detector_to_sam3_keys, tracker_to_sam3_keys
 from sam_jax.models.sam3_config import Sam3VisionConfig
 
 
@@ -23,8 +24,10 @@ def export_torch(path: str | os.PathLike, model: nn.Module, variables: Mapping) 
     from sam_jax.checkpoint import atomic_write
 
     sd = variables_to_state_dict(variables)
-    if isinstance(getattr(model.config, "encoder", None), Sam3VisionConfig):
-        sd = tracker_to_sam3_keys(sd)  # the combined SAM 3 file's names
+    if isinstance(model.config, Sam3SemanticConfig):
+        sd = detector_to_sam3_keys(sd)  # the combined SAM 3 file's names
+    elif isinstance(getattr(model.config, "encoder", None), Sam3VisionConfig):
+        sd = tracker_to_sam3_keys(sd)
     sd = {k: torch.from_numpy(v.copy()) for k, v in sd.items()}
     obj = {"model": sd} if getattr(model.config, "wraps_state_dict", False) else sd
     atomic_write(path, lambda tmp: torch.save(obj, tmp))

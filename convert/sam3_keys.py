@@ -9,6 +9,9 @@ multiplex video tracker, and the tracker's neck `interactive_convs`; those names
 as SAM 3's. The multiplex tracker (`tracker.model.*` otherwise) is not part of SAM 3's
 interactive model and is left out.
 
+The concept model (`sam3_semantic`) reads the `detector.*` keys with the prefix stripped
+(ultralytics' SAM3SemanticModel names), the tracker's neck (`sam2_convs`) left out.
+
 The interactive tracker (`sam3`) reads ultralytics' SAM3Model names:
     detector.backbone.vision_backbone.{trunk, sam2_convs}.*  -> image_encoder.vision_backbone.*
     tracker.transformer.encoder.*                            -> memory_attention.*
@@ -87,3 +90,25 @@ def tracker_to_sam3_keys(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.n
                 out[stored + key[len(ours) :]] = value
                 break
     return out
+
+
+def detector_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The concept model's weights under its own names (module docstring). Raises a
+    ValueError when the file holds no SAM 3 detector."""
+    sd = sam3_names(state_dict)
+    out = {
+        key[len("detector.") :]: value
+        for key, value in sd.items()
+        if key.startswith("detector.") and not key.startswith(_VISION + "sam2_convs.")
+    }
+    if not any(k.startswith("transformer.decoder.") for k in out):
+        raise ValueError(
+            "no SAM 3 detector in this checkpoint (no detector.transformer.decoder.* keys); "
+            "a tracker-only file loads as variant='sam3'"
+        )
+    return out
+
+
+def detector_to_sam3_keys(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inverse of `detector_state_dict`: concept-model names -> the combined file's names."""
+    return {"detector." + key: value for key, value in state_dict.items()}

@@ -29,7 +29,11 @@ from sam_jax.config import (
 from sam_jax.convert.detect import detect_variant
 from sam_jax.convert.hf_reader import hf_model_config, hf_to_variables, is_hf_checkpoint, read_hf
 from sam_jax.convert.keymap import state_dict_to_variables
-from sam_jax.convert.sam3_keys import is_sam3_checkpoint, tracker_state_dict
+from sam_jax.convert.sam3_keys import (
+    detector_state_dict,
+    is_sam3_checkpoint,
+    tracker_state_dict,
+)
 from sam_jax.convert.torch_reader import read_state_dict, read_torch_file
 from sam_jax.models.sam import Sam
 from sam_jax.models.sam2 import Sam2
@@ -221,7 +225,8 @@ def load(
     dtype: Any = jnp.float32,
 ) -> tuple[nn.Module, dict]:
     """Load a Meta / ultralytics torch checkpoint (.pt/.pth, read without torch; of a
-    training checkpoint only its "model" entry), a sam_jax .safetensors file, a Hugging Face
+    training checkpoint only its "model" entry; of SAM 3's combined file the interactive
+    tracker `sam3` by default, its concept model with variant="sam3_semantic"), a sam_jax .safetensors file, a Hugging Face
     transformers folder or .safetensors file (SamModel, Sam2Model, Sam2VideoModel), or a
     bundled model by name (`bundled_models()`). Returns (model, variables) ready for
     `model.apply`. The variables are float32 whatever `dtype`, the model's computation dtype
@@ -245,7 +250,8 @@ def load(
     try:
         if is_sam3_checkpoint(state_dict):
             variant = variant or "sam3"
-            state_dict = tracker_state_dict(state_dict)
+            semantic = isinstance(variant_config(variant), Sam3SemanticConfig)
+            state_dict = (detector_state_dict if semantic else tracker_state_dict)(state_dict)
         model = build(variant or detect_variant(state_dict), image_size, dtype=dtype)
         variables = state_dict_to_variables(state_dict, variable_shapes(model))
     except ValueError as e:

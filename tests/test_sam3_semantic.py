@@ -176,3 +176,32 @@ def test_full_size_names_and_shapes(monkeypatch):
     ours = {torch_key(p[1:]): _torch_shape(p[1:], v.shape) for p, v in flat.items()}
     assert ours.keys() == theirs.keys(), (ours.keys() - theirs.keys(), theirs.keys() - ours.keys())
     assert ours == theirs
+
+
+@pytest.mark.torch
+def test_load_combined_checkpoint_and_export(tmp_path, monkeypatch):
+    """variant="sam3_semantic" reads the detector out of a combined file (the tracker's
+    keys and neck left alone), strictly; export writes the `detector.*` names back."""
+    import sam_jax
+    from sam_jax.convert.export import export_torch
+
+    monkeypatch.setitem(VARIANTS, "sam3_semantic_small", SMALL)
+    setup = _setup()
+    sd = {"detector." + k: v.clone() for k, v in setup.ref.state_dict().items()}
+    sd["detector.backbone.vision_backbone.sam2_convs.0.conv_1x1.weight"] = torch.zeros(2, 2)
+    sd["tracker.sam_mask_decoder.iou_token.weight"] = torch.zeros(1, 4)
+    path = tmp_path / "sam3.pt"
+    torch.save({"model": sd}, path)
+    model, variables = sam_jax.load(path, variant="sam3_semantic_small")
+    same = jax.tree_util.tree_map(np.array_equal, variables, setup.params)
+    assert all(jax.tree_util.tree_leaves(same))
+    out = tmp_path / "exported.pt"
+    export_torch(out, model, variables)
+    written = torch.load(out)["model"]
+    assert all(k.startswith("detector.") for k in written)
+    _, again = sam_jax.load(out, variant="sam3_semantic_small")
+    assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, again, variables)))
+    del sd["detector.transformer.decoder.query_embed.weight"]
+    torch.save({"model": sd}, path)
+    with pytest.raises(ValueError, match="query_embed"):
+        sam_jax.load(path, variant="sam3_semantic_small")
