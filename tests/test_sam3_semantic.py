@@ -205,3 +205,70 @@ def test_load_combined_checkpoint_and_export(tmp_path, monkeypatch):
     torch.save({"model": sd}, path)
     with pytest.raises(ValueError, match="query_embed"):
         sam_jax.load(path, variant="sam3_semantic_small")
+
+
+def _reference_predictor(setup: Setup, conf: float):
+    from ultralytics.models.sam.predict import SAM3SemanticPredictor
+
+    s = SMALL.image_size
+    opts = dict(conf=conf, task="segment", mode="predict", imgsz=s, save=False, verbose=False)
+    p = SAM3SemanticPredictor(overrides=opts)
+    p.setup_model(model=setup.ref, verbose=False)
+    p.imgsz = [s, s]
+    return p
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("prompt", ["captions", "exemplars"])
+def test_predictor_matches_ultralytics_predictor(prompt: str):
+    """Predictor(model) on the concept model against SAM3SemanticPredictor on the same
+    image: the kept detections (score > conf, NMS 0.7 per caption), their order, boxes in
+    pixels, scores and masks at the original size. Random weights score exemplars lower:
+    their threshold is lowered to keep some."""
+    from sam_jax.predictors.image import Predictor
+
+    setup = _setup()
+    conf = 0.25 if prompt == "captions" else 0.1
+    ref = _reference_predictor(setup, conf)
+    image = np.random.default_rng(3).integers(0, 255, (90, 140, 3), dtype=np.uint8)
+    kwargs = {"text": ["a red car", "dog"]}
+    if prompt == "exemplars":
+        kwargs = {"box": [[20, 10, 70, 60], [80, 30, 130, 85]], "box_labels": [1, 0]}
+    with torch.no_grad():
+        feats = ref.get_im_features(ref.preprocess([image[..., ::-1].copy()]))  # BGR in
+        ref_kwargs = {"bboxes": kwargs.get("box"), "labels": kwargs.get("box_labels")}
+        masks, boxes = ref.inference_features(
+            feats, image.shape, text=kwargs.get("text"), **ref_kwargs
+        )
+    p = Predictor(setup.model, setup.params)
+    p.set_image(image)
+    out = p.predict(**kwargs, conf=None if prompt == "captions" else conf)
+    boxes = boxes.numpy()
+    assert len(out.scores) == len(boxes) > 0
+    np.testing.assert_allclose(out.scores, boxes[:, 4], rtol=1e-4)
+    np.testing.assert_array_equal(out.classes, boxes[:, 5].astype(int))
+    assert rel_err(out.boxes, boxes[:, :4]) < TOL
+    assert out.masks.shape == (len(boxes), 90, 140)
+    assert np.mean(out.masks != masks.numpy()) < 1e-3  # logits at exactly 0 may flip
+    assert out.names == (kwargs.get("text") or ["visual"])
+
+
+def test_predictor_rejects_bad_prompts():
+    from sam_jax.predictors.concept import ConceptPredictor
+
+    model = build_from_config(SMALL)
+    p = ConceptPredictor(model, params=None)
+    with pytest.raises(ValueError, match="no image set"):
+        p.predict(text="dog")
+    p._features, p._shape = {}, (10, 10)  # prompt checks come before the model runs
+    for kwargs, match in [
+        ({}, "give text"),
+        ({"text": []}, "text must be"),
+        ({"box": [1, 2, 3]}, "box must be"),
+        ({"box": [1, 2, 3, 4], "box_labels": [2]}, "box_labels must be"),
+        ({"text": "dog", "box_labels": [1]}, "box_labels given without box"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            p.predict(**kwargs)
+    with pytest.raises(ValueError, match="concept model"):
+        ConceptPredictor(build_from_config(VARIANTS["sam2_tiny_shapes"]), None)

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax import fast_decoder
+from sam_jax.predictors.concept import ConceptPredictor, is_concept_model
 from sam_jax.predictors.image_input import load_image, prepare_image
 from sam_jax.predictors.resample import Taps, lerp
 
@@ -176,6 +177,8 @@ class Predictor:
         self.image_size = int(model.config.image_size)
         self.mask_size = int(model.config.mask_input_size)
         self.mask_threshold = mask_threshold  # checked where it is used: it may be reassigned
+        # SAM 3's concept model takes text / exemplar prompts: see predictors/concept.py.
+        self._concept = ConceptPredictor(model, params) if is_concept_model(model) else None
         self.reset_image()
 
     # ------------------------------------------------------------------ image state
@@ -184,11 +187,13 @@ class Predictor:
         """Forget the current image (or batch of images) and its features."""
         self._images: list[Any] = []  # image_batch.EncodedImage, one per image
         self._is_batch = False
+        if self._concept is not None:
+            self._concept.reset_image()
 
     @property
     def is_image_set(self) -> bool:
         """True after `set_image` or `set_image_batch`, until `reset_image`."""
-        return bool(self._images)
+        return bool(self._images) or (self._concept is not None and self._concept.is_image_set)
 
     @property
     def is_batch(self) -> bool:
@@ -204,6 +209,9 @@ class Predictor:
         """
         from sam_jax.predictors.image_batch import encoded_image  # it imports this module
 
+        if self._concept is not None:  # stretched, not letterboxed: see predictors/concept.py
+            self._concept.mask_threshold = self.mask_threshold
+            return self._concept.set_image(image)
         rgb, boxed, _ = prepare_image(load_image(image), self.image_size)
         features = encode(self.model, self.params, jnp.asarray(boxed))
         self._images = [encoded_image(self.model, self.params, features, rgb.shape[:2])]
@@ -240,8 +248,19 @@ class Predictor:
         return_logits: bool = False,
         normalize_coords: bool = True,
         return_object_score: bool = False,
+        *,
+        text: str | list[str] | None = None,
+        box_labels: Any = None,
+        conf: float | None = None,
+        iou: float | None = None,
     ) -> tuple[Any, ...]:
         """Masks for prompts on the current image.
+
+        With SAM 3's concept model (`sam3_semantic`) the prompts are captions `text` and/or
+        exemplar boxes `box` (K, 4) with `box_labels` (K,) (1 positive, 0 negative), and the
+        result is a `concept.ConceptResult` (masks, boxes, scores, classes, names) holding
+        every detected instance with score > `conf` (0.25) after NMS at `iou` (0.7); see
+        sam_jax.predictors.concept.
 
         point_coords (N, 2) pixels (x, y) of the original image, point_labels (N,) with 1
         foreground and 0 background (all 1 if omitted); box (4,) x0, y0, x1, y1; mask_input
@@ -263,6 +282,9 @@ class Predictor:
         """
         from sam_jax.predictors.image_batch import predict_encoded
 
+        if self._concept is not None or text is not None or box_labels is not None:
+            concept = dict(box_labels=box_labels, conf=conf, iou=iou, return_logits=return_logits)
+            return self._predict_concept(point_coords, mask_input, box, text, **concept)
         if not self._images:
             raise ValueError("no image set: call set_image(image) before predict(...)")
         if self._is_batch:
@@ -283,6 +305,19 @@ class Predictor:
             **opts,
         )
         return out if return_object_score else out[:3]
+
+    def _predict_concept(self, points, mask_input, box, text, **options):
+        if self._concept is None:
+            raise ValueError(
+                "text / box_labels prompts need SAM 3's concept model: "
+                "sam_jax.load('sam3.pt', variant='sam3_semantic')"
+            )
+        if points is not None or mask_input is not None:
+            raise ValueError(
+                "SAM 3's concept model takes text and exemplar boxes, not points or masks"
+            )
+        self._concept.mask_threshold = self.mask_threshold
+        return self._concept.predict(text, box, **options)
 
     def predict_batch(
         self,
