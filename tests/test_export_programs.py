@@ -25,7 +25,9 @@ from sam_jax.tracking import FrameInput, MemoryBank, TrackOutput, empty_bank, ma
 from sam_jax.tracking.track_step import COND, STORED, TRACK, encode_frames
 
 SIZE = 64  # small inputs keep the compilations short
-TOL = {"rtol": 1e-5, "atol": 1e-5}
+# The exported decoder takes any number of points, so it runs the plain attention order;
+# the model with a fixed number takes the reassociated one: equal up to float rounding.
+TOL = {"rtol": 1e-5, "atol": 1e-4}
 
 
 @pytest.fixture(scope="module")

@@ -186,15 +186,28 @@ def test_predict_matches_ultralytics(pair, orientation):
 
 
 @pytest.mark.torch
-def test_fast_decoder_matches_model(pair):
-    """The predictor's cached / reassociated decoder equals Sam.predict_masks."""
+def test_decoder_orders_and_cache_agree(pair, monkeypatch):
+    """predict_masks with the per-image decoder cache and one image's embedding shared by K
+    prompts equals predict_masks on the embedding repeated K times, and the reassociated
+    attention products equal the plain order (FEW_TOKENS = 0)."""
+    import jax
     import jax.numpy as jnp
+
+    from sam_jax.models import two_way_transformer
 
     _, ours, _ = pair
     model, params = ours.model, ours.params
     rng = np.random.default_rng(0)
     emb = jnp.asarray(rng.standard_normal((1, S // 16, S // 16, 256)), jnp.float32)
-    cache = predictor._image_cache(model, params, emb)
+    cache = predictor.decoder_cache(model, params, emb)
+
+    def run(e, c, coords, labels, boxes, multimask):
+        return jax.jit(
+            lambda p, e, c, pc, pl, b: model.apply(
+                p, e, pc, pl, b, None, multimask, decoder_cache=c, method="predict_masks"
+            )
+        )(params, e, c, coords, labels, boxes)
+
     layouts = [(1, 1, False, True), (3, 2, True, False), (2, 0, True, True), (2, 20, False, True)]
     for k, n, box, multimask in layouts:
         coords = jnp.asarray(rng.uniform(0, S, (k, n, 2)), jnp.float32) if n else None
@@ -204,15 +217,15 @@ def test_fast_decoder_matches_model(pair):
             if box
             else None
         )
-        got, got_iou = predictor._fast_decode(
-            model, params, cache, coords, labels, boxes, multimask
-        )
-        want, want_iou = predictor._decode(
-            model, params, emb, coords, labels, boxes, None, multimask
-        )
-        assert got.shape == want.shape and got_iou.shape == want_iou.shape
-        assert float(jnp.abs(got - want).max() / jnp.abs(want).max()) < 1e-4
-        assert float(jnp.abs(got_iou - want_iou).max() / jnp.abs(want_iou).max()) < 1e-4
+        got = run(emb, cache, coords, labels, boxes, multimask)
+        want = run(jnp.repeat(emb, k, 0), None, coords, labels, boxes, multimask)
+        with monkeypatch.context() as m:
+            m.setattr(two_way_transformer, "FEW_TOKENS", 0)
+            plain = run(jnp.repeat(emb, k, 0), None, coords, labels, boxes, multimask)
+        for a, b, c in zip(got, want, plain, strict=True):
+            assert a.shape == b.shape == c.shape
+            assert float(jnp.abs(a - b).max() / jnp.abs(b).max()) < 1e-5
+            assert float(jnp.abs(b - c).max() / jnp.abs(c).max()) < 1e-5
 
 
 @pytest.mark.torch

@@ -22,6 +22,8 @@ CHECKPOINT_HELP = (
 )
 POINT_METAVAR = "X,Y[,LABEL][@OBJ]"
 BOX_METAVAR = "X0,Y0,X1,Y1[@OBJ]"
+# segment's --box: SAM 3's concept model also takes negative exemplar boxes (LABEL 0).
+LABELLED_BOX_METAVAR = "X0,Y0,X1,Y1[,LABEL][@OBJ]"
 PROMPTS_HELP = """\
 Prompts: --point X,Y[,LABEL][@OBJ] (a click; LABEL 1 foreground, the default, or 0
 background) and --box X0,Y0,X1,Y1[@OBJ], both repeatable. @OBJ names the object (an id
@@ -42,13 +44,15 @@ class Point(NamedTuple):
 
 
 class Box(NamedTuple):
-    """One --box: pixels x0, y0, x1, y1 and object id (None: numbered by position)."""
+    """One --box: pixels x0, y0, x1, y1, object id (None: numbered by position) and label
+    (1, or 0 for a negative exemplar of SAM 3's concept prompts)."""
 
     x0: float
     y0: float
     x1: float
     y1: float
     obj: int | None = None
+    label: int = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,16 +105,30 @@ def parse_point(text: str) -> Point:
     return Point(values[0], values[1], int(label), obj)
 
 
-def parse_box(text: str) -> Box:
-    """ "X0,Y0,X1,Y1", optionally followed by "@OBJ" -> Box with x1 >= x0 and y1 >= y0."""
-    formats = "X0,Y0,X1,Y1 (then optionally @OBJ)"
+def parse_box(text: str, *, labelled: bool = False) -> Box:
+    """ "X0,Y0,X1,Y1", optionally followed by "@OBJ" -> Box with x1 >= x0 and y1 >= y0;
+    labelled=True also takes "X0,Y0,X1,Y1,LABEL" with LABEL 1 (the default) or 0."""
+    formats = "X0,Y0,X1,Y1" + (" or X0,Y0,X1,Y1,LABEL" if labelled else "")
+    formats += " (then optionally @OBJ)"
     body, obj = _split_object(text, "--box", formats)
-    x0, y0, x1, y1 = _numbers(body, "--box", {4}, formats)
+    values = _numbers(body, "--box", {4, 5} if labelled else {4}, formats)
+    x0, y0, x1, y1 = values[:4]
     if x1 < x0 or y1 < y0:
         raise argparse.ArgumentTypeError(
             f"--box must be X0,Y0,X1,Y1 with X1 >= X0 and Y1 >= Y0; got {text!r}"
         )
-    return Box(x0, y0, x1, y1, obj)
+    label = 1 if len(values) == 4 else values[4]
+    if label not in (0, 1):
+        raise argparse.ArgumentTypeError(
+            f"--box label must be 1 (positive exemplar) or 0 (negative); got {text!r}"
+        )
+    return Box(x0, y0, x1, y1, obj, int(label))
+
+
+def parse_labelled_box(text: str) -> Box:
+    """parse_box(text, labelled=True): the --box of a sub-command that runs SAM 3's concept
+    model."""
+    return parse_box(text, labelled=True)
 
 
 def group_prompts(
@@ -199,10 +217,13 @@ def add_out(
     parser.add_argument("--out", required=required, default=default, metavar=metavar, help=help)
 
 
-def add_prompts(parser: argparse.ArgumentParser, *, pixels_of: str = "image") -> None:
+def add_prompts(
+    parser: argparse.ArgumentParser, *, pixels_of: str = "image", box_labels: bool = False
+) -> None:
     """--point X,Y[,LABEL][@OBJ] (dest `point`) and --box X0,Y0,X1,Y1[@OBJ] (dest `box`),
     both repeatable (lists or None), in pixels of `pixels_of`; `group_prompts` turns them
-    into objects (PROMPTS_HELP says how)."""
+    into objects (PROMPTS_HELP says how). box_labels=True: --box X0,Y0,X1,Y1[,LABEL][@OBJ]
+    (LABEL 0: a negative exemplar for SAM 3's concept model)."""
     parser.add_argument(
         "--point",
         action="append",
@@ -211,12 +232,15 @@ def add_prompts(parser: argparse.ArgumentParser, *, pixels_of: str = "image") ->
         help=f"a click in {pixels_of} pixels; LABEL 1 foreground (default) or 0 background; "
         "@OBJ: the object it belongs to (1); repeatable",
     )
+    label = (
+        "; LABEL: 1 a positive exemplar (default), 0 a negative one (SAM 3)" if box_labels else ""
+    )
     parser.add_argument(
         "--box",
         action="append",
-        type=parse_box,
-        metavar=BOX_METAVAR,
-        help=f"a box in {pixels_of} pixels; @OBJ: its object (the n-th box: n); repeatable",
+        type=parse_labelled_box if box_labels else parse_box,
+        metavar=LABELLED_BOX_METAVAR if box_labels else BOX_METAVAR,
+        help=f"a box in {pixels_of} pixels; @OBJ: its object (the n-th box: n){label}; repeatable",
     )
 
 

@@ -121,3 +121,22 @@ def draw_prompts(
         draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=(255, 255, 255))
     for box in [] if boxes is None else boxes:
         draw.rectangle([float(v) for v in box], outline=(0, 128, 255), width=max(2, r // 2))
+
+
+def draw_detections(
+    picture: Any, boxes: Sequence[Sequence[float]] | np.ndarray, captions: Sequence[str]
+) -> None:
+    """Draw detected xyxy boxes onto a PIL image in place, each in the colour `overlay`
+    gives the mask of the same index, with its caption above its top-left corner."""
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(picture)
+    width = max(1, round(max(picture.size) / 400))
+    for box, caption, colour in zip(boxes, captions, _palette(len(boxes)), strict=False):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        rgb = tuple(int(c) for c in colour)
+        draw.rectangle([x0, y0, x1, y1], outline=rgb, width=width)
+        left, top, right, bottom = draw.textbbox((x0, y0), caption)
+        lift = bottom - top + 2 if y0 >= bottom - top + 2 else 0  # inside when no room above
+        draw.rectangle([left, top - lift, right, bottom - lift], fill=rgb)
+        draw.text((x0, y0 - lift), caption, fill=(0, 0, 0))

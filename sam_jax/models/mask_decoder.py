@@ -10,8 +10,9 @@ from sam_jax.models.two_way_transformer import TwoWayTransformer
 
 
 class MaskDecoder(nn.Module):
-    """image_embeddings (B, h, w, D) + dense prompt (B, h, w, D) + sparse tokens (B, N, D)
-    -> all mask logits (B, 1 + num_multimask_outputs, 4h, 4w) and IoU (B, 1 + num_multimask)."""
+    """image_embeddings (B or 1, h, w, D) + dense prompt (B or 1, h, w, D) + sparse tokens
+    (B, N, D) -> all mask logits (B, 1 + num_multimask_outputs, 4h, 4w) and IoU
+    (B, 1 + num_multimask_outputs)."""
 
     transformer_dim: int = 256
     num_multimask_outputs: int = 3
@@ -21,41 +22,43 @@ class MaskDecoder(nn.Module):
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
 
-    @nn.compact
-    def __call__(self, image_embeddings, image_pe, sparse, dense):
+    def setup(self) -> None:
         d = self.transformer_dim
-        num_mask_tokens = self.num_multimask_outputs + 1
-        b, h, w, _ = image_embeddings.shape
-        output_tokens = jnp.concatenate(
-            [Table(1, d, name="iou_token")(), Table(num_mask_tokens, d, name="mask_tokens")()]
+        self.num_mask_tokens = self.num_multimask_outputs + 1
+        self.transformer = TwoWayTransformer(d, self.depth, self.num_heads, self.mlp_dim)
+        self.iou_token = Table(1, d)
+        self.mask_tokens = Table(self.num_mask_tokens, d)
+        self.output_upscaling_0 = ConvTranspose2x2(d // 4)
+        self.output_upscaling_1 = layer_norm(1e-6)
+        self.output_upscaling_3 = ConvTranspose2x2(d // 8)
+        self.output_hypernetworks_mlps = [MLP(d, d // 8, 3) for _ in range(self.num_mask_tokens)]
+        self.iou_prediction_head = MLP(
+            self.iou_head_hidden_dim, self.num_mask_tokens, self.iou_head_depth
         )
+
+    def image_cache(self, image: jnp.ndarray, image_pe: jnp.ndarray) -> dict:
+        """Prompt-independent decoder work for `image` = embeddings + the dense prompt."""
+        return self.transformer.image_cache(image, image_pe)
+
+    def __call__(self, image_embeddings, image_pe, sparse, dense, cache: dict | None = None):
+        """`cache`: image_cache(image_embeddings + dense, image_pe), or None."""
+        d = self.transformer_dim
+        b = sparse.shape[0]
+        h, w = image_embeddings.shape[1:3]
+        output_tokens = jnp.concatenate([self.iou_token(), self.mask_tokens()])
         tokens = jnp.concatenate(
             [jnp.broadcast_to(output_tokens, (b, *output_tokens.shape)), sparse], axis=1
         )
-        src = image_embeddings + dense
-        hs, src = TwoWayTransformer(self.depth, self.num_heads, self.mlp_dim, name="transformer")(
-            src, image_pe, tokens
-        )
+        hs, src = self.transformer(image_embeddings + dense, image_pe, tokens, cache)
         iou_token_out = hs[:, 0]
-        mask_tokens_out = hs[:, 1 : 1 + num_mask_tokens]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
 
         x = src.reshape(b, h, w, d)
-        x = ConvTranspose2x2(d // 4, name="output_upscaling_0")(x)
-        x = gelu(layer_norm(1e-6, name="output_upscaling_1")(x))
-        x = gelu(ConvTranspose2x2(d // 8, name="output_upscaling_3")(x))  # (b, 4h, 4w, d/8)
-
+        x = gelu(self.output_upscaling_1(self.output_upscaling_0(x)))
+        x = gelu(self.output_upscaling_3(x))  # (b, 4h, 4w, d/8)
         hyper_in = jnp.stack(
-            [
-                MLP(d, d // 8, 3, name=f"output_hypernetworks_mlps_{i}")(mask_tokens_out[:, i])
-                for i in range(num_mask_tokens)
-            ],
+            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             axis=1,
         )  # (b, num_mask_tokens, d/8)
         masks = jnp.einsum("bmc,bhwc->bmhw", hyper_in, x)
-        iou = MLP(
-            self.iou_head_hidden_dim,
-            num_mask_tokens,
-            self.iou_head_depth,
-            name="iou_prediction_head",
-        )(iou_token_out)
-        return masks, iou
+        return masks, self.iou_prediction_head(iou_token_out)

@@ -48,7 +48,8 @@ class PromptEncoder(nn.Module):
 
     point_coords (B, N, 2) pixels with point_labels (B, N) in {-1, 0, 1, 2, 3};
     boxes (B, 4) xyxy; mask_inputs (B, m, m, 1) logits (resized to 4g if m differs).
-    Returns sparse (B, N' , D) and dense (B, g, g, D) embeddings, g = S / stride (S/16).
+    Returns sparse (B, N' , D) and dense (B, g, g, D) embeddings, g = S / stride (S/16);
+    without mask inputs dense is the no-mask embedding as (1, g, g, D), for every item.
     """
 
     embed_dim: int
@@ -121,5 +122,7 @@ class PromptEncoder(nn.Module):
             dense = self.embed_masks(mask_inputs)
         else:
             g = self.embed_size
-            dense = jnp.broadcast_to(self.no_mask_embed(), (batch_size, g, g, self.embed_dim))
+            # One copy for the whole batch: the decoder broadcasts it (and can then project
+            # the image once for all the prompts).
+            dense = jnp.broadcast_to(self.no_mask_embed(), (1, g, g, self.embed_dim))
         return jnp.concatenate(sparse, axis=1), dense

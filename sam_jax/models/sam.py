@@ -49,6 +49,16 @@ def check_prompts(
         )
 
 
+def prompt_batch(image_batch: int, *prompts: jnp.ndarray | None) -> int:
+    """The batch of the prompts: that of the first one given, else the images'. Images of
+    a batch of one are shared by every prompt; otherwise the two must agree."""
+    given = [p.shape[0] for p in prompts if p is not None and p.ndim > 0]
+    b = given[0] if given else image_batch
+    if image_batch not in (1, b):
+        raise ValueError(f"images have batch {image_batch} but the prompts {b}")
+    return b
+
+
 class Sam(nn.Module):
     """SAM / MobileSAM. Images are (B, S, S, 3), normalised and letterboxed to S."""
 
@@ -89,22 +99,38 @@ class Sam(nn.Module):
         boxes: jnp.ndarray | None = None,
         mask_inputs: jnp.ndarray | None = None,
         multimask_output: bool = True,
+        decoder_cache: dict | None = None,
     ) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """Mask logits (B, M, S/4, S/4) and IoU (B, M); M = 3 if multimask_output else 1."""
+        """Mask logits (B, M, S/4, S/4) and IoU (B, M); M = 3 if multimask_output else 1.
+
+        image_embeddings (B, g, g, D), or (1, g, g, D) shared by the B prompts.
+        decoder_cache: `decoder_cache(image_embeddings)` of a batch of one, the decoder's
+        per-image work done once for any number of prompts; used without mask inputs
+        (with them the image side depends on the prompt, and the cache is not read).
+        """
         g = self.config.embed_size
         d = self.config.prompt_embed_dim
         if image_embeddings.ndim != 4 or image_embeddings.shape[1:] != (g, g, d):
             raise ValueError(
                 f"image_embeddings must be (B, {g}, {g}, {d}); got {image_embeddings.shape}"
             )
-        b = image_embeddings.shape[0]
+        b = prompt_batch(image_embeddings.shape[0], point_coords, boxes, mask_inputs)
         check_prompts(b, point_coords, point_labels, boxes, mask_inputs)
         sparse, dense = self.prompt_encoder(b, point_coords, point_labels, boxes, mask_inputs)
+        cache = decoder_cache if mask_inputs is None else None
         masks, iou = self.mask_decoder(
-            image_embeddings, self.prompt_encoder.dense_pe(), sparse, dense
+            image_embeddings, self.prompt_encoder.dense_pe(), sparse, dense, cache
         )
         keep = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, keep], iou[:, keep]
+
+    def decoder_cache(self, image_embeddings: jnp.ndarray) -> dict:
+        """The mask decoder's prompt-independent work on (1, g, g, D) embeddings, for
+        `predict_masks(..., decoder_cache=...)` without mask inputs."""
+        dense = self.prompt_encoder(1)[1]
+        return self.mask_decoder.image_cache(
+            image_embeddings + dense, self.prompt_encoder.dense_pe()
+        )
 
     def init_everything(self, images: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """Runs every branch once so that `init` creates every parameter."""

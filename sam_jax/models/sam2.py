@@ -22,7 +22,7 @@ from sam_jax.models.memory_attention import MemoryAttention
 from sam_jax.models.memory_encoder import MemoryEncoder
 from sam_jax.models.prompt_encoder import PromptEncoder
 from sam_jax.models.resize import linear_weights, resize_bilinear_antialias
-from sam_jax.models.sam import check_prompts
+from sam_jax.models.sam import check_prompts, prompt_batch
 from sam_jax.models.sam2_mask_decoder import Sam2MaskDecoder, take_best
 from sam_jax.models.sam3_config import Sam3VisionConfig
 from sam_jax.models.sam3_neck import Sam3TrackerImageEncoder
@@ -154,6 +154,7 @@ class Sam2(nn.Module):
         mask_inputs: jnp.ndarray | None = None,
         high_res_features: list[jnp.ndarray] | None = None,
         multimask_output: bool = False,
+        decoder_cache: dict | None = None,
     ) -> SamHeadsOutput:
         """The reference's `_forward_sam_heads`.
 
@@ -164,6 +165,8 @@ class Sam2(nn.Module):
         The prompt encoder always appends one more padding point, as in the reference.
         mask_inputs (B, m, m, 1) logits; resized (bilinear, antialiased) to S/4 if m differs.
         high_res_features: encode_image's, or None to decode without the skips.
+        The features may hold a batch of one for B prompts. decoder_cache: the decoder's
+        per-image work (`decoder_cache`), read only without mask_inputs.
         """
         cfg = self.config
         g, d = cfg.embed_size, cfg.d_model
@@ -171,7 +174,7 @@ class Sam2(nn.Module):
             raise ValueError(
                 f"backbone_features must be (B, {g}, {g}, {d}); got {backbone_features.shape}"
             )
-        b = backbone_features.shape[0]
+        b = prompt_batch(backbone_features.shape[0], point_coords, mask_inputs)
         check_prompts(b, point_coords, point_labels, None, mask_inputs)
         if point_coords is None:
             point_coords = jnp.zeros((b, 1, 2), jnp.float32)
@@ -188,6 +191,7 @@ class Sam2(nn.Module):
             dense,
             high_res_features,
             multimask_output,
+            decoder_cache if mask_inputs is None else None,
         )
         # A hard object / no-object decision gates the masks (and memory) ...
         is_obj = obj_logits > 0  # (b, 1)
@@ -218,16 +222,19 @@ class Sam2(nn.Module):
         boxes: jnp.ndarray | None = None,
         mask_inputs: jnp.ndarray | None = None,
         multimask_output: bool = True,
+        decoder_cache: dict | None = None,
     ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
         """Image mode. features: encode_image's dict (vision_features and high_res_features
         are read). Prompts as for SAM: point_coords (B, N, 2) pixels, point_labels (B, N),
         boxes (B, 4) xyxy, mask_inputs (B, S/4, S/4, 1) logits.
 
         Returns logits (B, M, S/4, S/4) (-1024 where the object score is <= 0), iou (B, M)
-        and object_score_logits (B, 1); M = 3 if multimask_output else 1.
+        and object_score_logits (B, 1); M = 3 if multimask_output else 1. Features of a
+        batch of one are shared by the B prompts; decoder_cache: `decoder_cache(features)`,
+        the decoder's per-image work, read only without mask_inputs.
         """
         emb = features["vision_features"]
-        b = emb.shape[0]
+        b = prompt_batch(emb.shape[0], point_coords, boxes, mask_inputs)
         check_prompts(b, point_coords, point_labels, boxes, mask_inputs)
         # The "no memory" state of a first frame: the learned no-memory token is added.
         emb = emb + self.no_mem_embed.reshape(1, 1, 1, -1).astype(emb.dtype)
@@ -249,8 +256,16 @@ class Sam2(nn.Module):
             mask_inputs,
             list(features["high_res_features"]),
             multimask_output,
+            decoder_cache,
         )
         return out.low_res_multimasks, out.ious, out.object_score_logits
+
+    def decoder_cache(self, features: dict) -> dict:
+        """The mask decoder's prompt-independent work on an image's features (batch of one)
+        in image mode, for `predict_masks(..., decoder_cache=...)` without mask inputs."""
+        emb = features["vision_features"] + self.no_mem_embed.reshape(1, 1, 1, -1)
+        dense = self.sam_prompt_encoder(1)[1]
+        return self.sam_mask_decoder.image_cache(emb + dense, self.sam_prompt_encoder.dense_pe())
 
     def __call__(self, images: jnp.ndarray, **prompts) -> tuple[jnp.ndarray, ...]:
         return self.predict_masks(self.encode_image(images), **prompts)

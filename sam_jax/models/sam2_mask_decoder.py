@@ -43,7 +43,7 @@ class Sam2MaskDecoder(nn.Module):
         d = self.transformer_dim
         self.num_mask_tokens = self.num_multimask_outputs + 1
         self.transformer = TwoWayTransformer(
-            self.depth, self.num_heads, self.mlp_dim, sam2_mlp_names=self.sam2_mlp_names
+            d, self.depth, self.num_heads, self.mlp_dim, sam2_mlp_names=self.sam2_mlp_names
         )
         self.iou_token = Table(1, d)
         self.mask_tokens = Table(self.num_mask_tokens, d)
@@ -69,6 +69,10 @@ class Sam2MaskDecoder(nn.Module):
         """(B, 4h, 4w, D), (B, 2h, 2w, D) -> (B, 4h, 4w, D/8), (B, 2h, 2w, D/4)."""
         return self.conv_s0(feat_s0), self.conv_s1(feat_s1)
 
+    def image_cache(self, image: jnp.ndarray, image_pe: jnp.ndarray) -> dict:
+        """Prompt-independent decoder work for `image` = embeddings + the dense prompt."""
+        return self.transformer.image_cache(image, image_pe)
+
     def predict_all(
         self,
         image_embeddings: jnp.ndarray,
@@ -76,16 +80,20 @@ class Sam2MaskDecoder(nn.Module):
         sparse: jnp.ndarray,
         dense: jnp.ndarray,
         high_res_features: list[jnp.ndarray] | None,
+        cache: dict | None = None,
     ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
         """Every output token's result.
 
         image_embeddings (B, h, w, D), image_pe (h, w, D), sparse (B, N, D), dense (B, h, w, D),
         high_res_features [(B, 4h, 4w, D/8), (B, 2h, 2w, D/4)] (already projected) or None.
+        The image embeddings, dense prompt and high-res features may hold a batch of one
+        for the B prompts. `cache`: image_cache(image_embeddings + dense, image_pe) or None.
         Returns masks (B, T, 4h, 4w), iou (B, T), mask tokens (B, T, D), object score (B, 1),
         T = 1 + num_multimask_outputs.
         """
         d = self.transformer_dim
-        b, h, w, _ = image_embeddings.shape
+        b = sparse.shape[0]
+        h, w = image_embeddings.shape[1:3]
         # Order matters: object-score token, IoU token, then the mask tokens.
         output_tokens = jnp.concatenate(
             [self.obj_score_token(), self.iou_token(), self.mask_tokens()]
@@ -93,7 +101,7 @@ class Sam2MaskDecoder(nn.Module):
         tokens = jnp.concatenate(
             [jnp.broadcast_to(output_tokens, (b, *output_tokens.shape)), sparse], axis=1
         )
-        hs, src = self.transformer(image_embeddings + dense, image_pe, tokens)
+        hs, src = self.transformer(image_embeddings + dense, image_pe, tokens, cache)
         obj_token_out = hs[:, 0]
         iou_token_out = hs[:, 1]
         mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens]
@@ -126,6 +134,7 @@ class Sam2MaskDecoder(nn.Module):
         dense: jnp.ndarray,
         high_res_features: list[jnp.ndarray] | None = None,
         multimask_output: bool = True,
+        cache: dict | None = None,
     ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
         """Masks (B, M, 4h, 4w), iou (B, M), pointer tokens (B, M_t, D), object score (B, 1).
 
@@ -135,7 +144,7 @@ class Sam2MaskDecoder(nn.Module):
         token (the reference trains the object pointer on that token).
         """
         masks, iou, tokens, obj = self.predict_all(
-            image_embeddings, image_pe, sparse, dense, high_res_features
+            image_embeddings, image_pe, sparse, dense, high_res_features, cache
         )
         if multimask_output:
             return masks[:, 1:], iou[:, 1:], tokens[:, 1:], obj

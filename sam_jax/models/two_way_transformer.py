@@ -1,39 +1,160 @@
-"""The two-way transformer of SAM's mask decoder: tokens and image attend to each other."""
+"""The two-way transformer of the SAM / SAM 2 mask decoders: tokens and image attend to each
+other.
+
+A prompt has few tokens (Nt: the output tokens, the clicks, the box corners) and the image
+many (HW = 4096 at 1024 px), so each attention between the two computes in the order that
+costs least, with the same weights and the same result up to float rounding:
+
+- tokens -> image (few queries, many keys): q (x W_k + b_k)^T = (q W_k^T) x^T + q b_k^T and
+  A (x W_v + b_v) = (A x) W_v + b_v (softmax rows sum to 1): no projection of the image;
+- image -> tokens (many queries, few keys): (x W_q) k^T = x (W_q k^T), and the values go
+  through the output projection before the weighting, (A V) W_o = A (V W_o).
+
+The first layer's image-side projections do not depend on the prompt when there is no
+mask prompt; `image_cache` computes them once per image and `__call__(..., cache=...)` takes
+them, which is what a predictor with many prompts per image wants.
+"""
 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from sam_jax.models.attention import attention
 from sam_jax.models.layers import MLP, MLPBlock, layer_norm
 
+# Up to this many tokens on one side an attention takes the reassociated order.
+FEW_TOKENS = 16
+
+
+class Projection(nn.Module):
+    """A Dense layer's parameters, returned rather than applied: kernel (d_in, features) (torch
+    Linear's weight transposed) and bias (features,), so attention can reassociate products."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, d_in: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (d_in, self.features), jnp.float32
+        )
+        return kernel, self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+
+
+def _few(n) -> bool:
+    """Whether n tokens count as few. A symbolic size (a program exported for any number of
+    points) is not: the plain order serves every size."""
+    try:
+        return bool(n <= FEW_TOKENS)
+    except Exception:  # jax.export's InconclusiveDimensionOperation
+        return False
+
+
+def _bdot(spec: str, *operands: jnp.ndarray) -> jnp.ndarray:
+    """einsum whose operands may hold a batch of one where others hold B (the label 'b',
+    always first): such an operand is used unbatched instead of broadcast."""
+    ins, out = spec.split("->")
+    ins = ins.split(",")
+    big = max(op.shape[0] for op, s in zip(operands, ins, strict=True) if s.startswith("b"))
+    ops, specs = [], []
+    for op, s in zip(operands, ins, strict=True):
+        if s.startswith("b") and op.shape[0] == 1 and big > 1:
+            op, s = op[0], s[1:]
+        ops.append(op)
+        specs.append(s)
+    return jnp.einsum(",".join(specs) + "->" + out, *ops)
+
 
 class Attention(nn.Module):
     """Multi-head attention whose projections may shrink the width by `downsample_rate`.
 
-    q (B, Nq, D), k and v (B, Nk, D_kv) -> (B, Nq, D).
+    q (B, Nq, dim), k and v (B or 1, Nk, D_kv) -> (B, Nq, dim). The order of the products is
+    chosen by the shapes (module docstring); the result is the same up to rounding.
     """
 
+    dim: int
     num_heads: int
     downsample_rate: int = 1
 
-    @nn.compact
-    def __call__(self, q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
-        d = q.shape[-1]
-        inner = d // self.downsample_rate
-        heads, hd = self.num_heads, inner // self.num_heads
-        b = q.shape[0]
-        q = nn.Dense(inner, name="q_proj")(q).reshape(b, -1, heads, hd)
-        k = nn.Dense(inner, name="k_proj")(k).reshape(b, -1, heads, hd)
-        v = nn.Dense(inner, name="v_proj")(v).reshape(b, -1, heads, hd)
-        out = attention(q, k, v)  # (B, Nq, heads, hd)
-        return nn.Dense(d, name="out_proj")(out.reshape(b, -1, inner))
+    def setup(self) -> None:
+        self.inner = self.dim // self.downsample_rate
+        self.q_proj = Projection(self.inner)
+        self.k_proj = Projection(self.inner)
+        self.v_proj = Projection(self.inner)
+        self.out_proj = Projection(self.dim)
+
+    def _heads(self, x: jnp.ndarray) -> jnp.ndarray:
+        return x.reshape(*x.shape[:-1], self.num_heads, x.shape[-1] // self.num_heads)
+
+    def _project(self, proj: Projection, x: jnp.ndarray) -> jnp.ndarray:
+        kernel, bias = proj(x.shape[-1])
+        return self._heads(x @ kernel + bias)
+
+    def keys_values(self, k: jnp.ndarray, v: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Projected keys and values (B, Nk, H, d) (a cache for `__call__(kv=...)`)."""
+        return self._project(self.k_proj, k), self._project(self.v_proj, v)
+
+    def queries(self, q: jnp.ndarray) -> jnp.ndarray:
+        """Projected queries (B, Nq, H, d) (a cache for `__call__(q_heads=...)`)."""
+        return self._project(self.q_proj, q)
+
+    def __call__(
+        self,
+        q: jnp.ndarray,
+        k: jnp.ndarray,
+        v: jnp.ndarray,
+        kv: tuple[jnp.ndarray, jnp.ndarray] | None = None,
+        q_heads: jnp.ndarray | None = None,
+    ) -> jnp.ndarray:
+        few_q, few_k = _few(q.shape[1]), _few(k.shape[1])
+        if kv is None and q_heads is None and few_q and not few_k:
+            out = self._few_queries(q, k, v)
+        else:
+            qh = self.queries(q) if q_heads is None else q_heads
+            if kv is None and few_k and not few_q:
+                return self._few_keys(qh if q_heads is not None else None, q, k, v)
+            kh, vh = self.keys_values(k, v) if kv is None else kv
+            b = max(qh.shape[0], kh.shape[0])
+            kh, vh = (jnp.broadcast_to(a, (b, *a.shape[1:])) for a in (kh, vh))
+            out = attention(jnp.broadcast_to(qh, (b, *qh.shape[1:])), kh, vh)
+        wo, bo = self.out_proj(self.inner)
+        return out.reshape(*out.shape[:2], -1) @ wo + bo
+
+    def _few_queries(self, q, k, v) -> jnp.ndarray:
+        """(B, Nq, H, d) without projecting the Nk keys and values."""
+        qh = self.queries(q)
+        wk, bk = self.k_proj(k.shape[-1])
+        wv, bv = self.v_proj(v.shape[-1])
+        scale = qh.shape[-1] ** -0.5
+        qk = jnp.einsum("bqhd,chd->bhqc", qh, self._heads(wk))  # q W_k^T per head
+        logits = _bdot("bhqc,bkc->bhqk", qk, k)
+        logits = logits + jnp.einsum("bqhd,hd->bhq", qh, self._heads(bk))[..., None]
+        a = jax.nn.softmax(logits * scale, axis=-1)
+        av = _bdot("bhqk,bkc->bhqc", a, v)
+        return jnp.einsum("bhqc,chd->bqhd", av, self._heads(wv)) + self._heads(bv)
+
+    def _few_keys(self, qh, q, k, v) -> jnp.ndarray:
+        """(B, Nq, D) with the Nq queries reduced against the few keys' projections."""
+        kh, vh = self.keys_values(k, v)  # (B, Nk, H, d)
+        scale = kh.shape[-1] ** -0.5
+        if qh is not None:
+            logits = _bdot("bnhd,bkhd->bhnk", qh, kh)
+        else:
+            wq, bq = self.q_proj(q.shape[-1])
+            wqk = jnp.einsum("chd,bkhd->bhck", self._heads(wq), kh)  # W_q k^T per head
+            logits = _bdot("bnc,bhck->bhnk", q, wqk)
+            logits = logits + jnp.einsum("hd,bkhd->bhk", self._heads(bq), kh)[:, :, None]
+        a = jax.nn.softmax(logits * scale, axis=-1)  # (B, H, Nq, Nk)
+        wo, bo = self.out_proj(self.inner)
+        vo = jnp.einsum("bkhd,hdo->bhko", vh, self._heads(wo.T).transpose(1, 2, 0))
+        return jnp.einsum("bhnk,bhko->bno", a, vo) + bo
 
 
 class TwoWayAttentionBlock(nn.Module):
     """Token self-attention, token->image, MLP on tokens, image->token; post-norm."""
 
+    dim: int
     num_heads: int
     mlp_dim: int
     downsample_rate: int = 2
@@ -41,59 +162,89 @@ class TwoWayAttentionBlock(nn.Module):
     # SAM 2 names the (identical) token MLP's layers layers_0/layers_1 instead of lin1/lin2.
     sam2_mlp_names: bool = False
 
-    @nn.compact
-    def __call__(self, queries, keys, query_pe, key_pe):
-        """queries (B, Nt, D), keys (B, HW, D) and their encodings -> updated (queries, keys)."""
-        self_attn = Attention(self.num_heads, name="self_attn")
+    def setup(self) -> None:
+        d, h, r = self.dim, self.num_heads, self.downsample_rate
+        self.self_attn = Attention(d, h)
+        self.norm1 = layer_norm()
+        self.cross_attn_token_to_image = Attention(d, h, r)
+        self.norm2 = layer_norm()
+        self.mlp = (
+            MLP(self.mlp_dim, d, 2) if self.sam2_mlp_names else MLPBlock(self.mlp_dim, "relu")
+        )
+        self.norm3 = layer_norm()
+        self.cross_attn_image_to_token = Attention(d, h, r)
+        self.norm4 = layer_norm()
+
+    def image_cache(self, keys: jnp.ndarray, key_pe: jnp.ndarray) -> dict:
+        """The block's prompt-independent projections of the image tokens (B, HW, D)."""
+        return {
+            "t2i_kv": self.cross_attn_token_to_image.keys_values(keys + key_pe, keys),
+            "i2t_q": self.cross_attn_image_to_token.queries(keys + key_pe),
+        }
+
+    def __call__(self, queries, keys, query_pe, key_pe, cache: dict | None = None):
+        """queries (B, Nt, D), keys (B or 1, HW, D) and their encodings -> updated (queries,
+        keys). `cache`: `image_cache(keys, key_pe)`, valid for these keys."""
+        cache = cache or {}
         if self.skip_first_layer_pe:  # the first layer's tokens *are* the prompt encodings
-            queries = self_attn(queries, queries, queries)
+            queries = self.self_attn(queries, queries, queries)
         else:
             q = queries + query_pe
-            queries = queries + self_attn(q, q, queries)
-        queries = layer_norm(name="norm1")(queries)
-
-        t2i = Attention(self.num_heads, self.downsample_rate, name="cross_attn_token_to_image")
-        queries = queries + t2i(queries + query_pe, keys + key_pe, keys)
-        queries = layer_norm(name="norm2")(queries)
-
-        if self.sam2_mlp_names:
-            mlp = MLP(self.mlp_dim, queries.shape[-1], 2, name="mlp")
-        else:
-            mlp = MLPBlock(self.mlp_dim, "relu", name="mlp")
-        queries = queries + mlp(queries)
-        queries = layer_norm(name="norm3")(queries)
-
-        i2t = Attention(self.num_heads, self.downsample_rate, name="cross_attn_image_to_token")
-        keys = keys + i2t(keys + key_pe, queries + query_pe, queries)
-        keys = layer_norm(name="norm4")(keys)
+            queries = queries + self.self_attn(q, q, queries)
+        queries = self.norm1(queries)
+        t2i = self.cross_attn_token_to_image
+        queries = queries + t2i(queries + query_pe, keys + key_pe, keys, kv=cache.get("t2i_kv"))
+        queries = self.norm2(queries)
+        queries = self.norm3(queries + self.mlp(queries))
+        i2t = self.cross_attn_image_to_token
+        update = i2t(keys + key_pe, queries + query_pe, queries, q_heads=cache.get("i2t_q"))
+        keys = self.norm4(keys + update)
         return queries, keys
 
 
 class TwoWayTransformer(nn.Module):
-    """image (B, H, W, D), image_pe (H, W, D) or (B, H, W, D), tokens (B, Nt, D)
+    """image (B or 1, H, W, D), image_pe (H, W, D) or (B, H, W, D), tokens (B, Nt, D)
     -> (tokens (B, Nt, D), image tokens (B, HW, D))."""
 
+    dim: int
     depth: int
     num_heads: int
     mlp_dim: int
     downsample_rate: int = 2
     sam2_mlp_names: bool = False  # see TwoWayAttentionBlock
 
-    @nn.compact
-    def __call__(self, image, image_pe, tokens):
-        b, h, w, d = image.shape
-        keys = image.reshape(b, h * w, d)
-        key_pe = jnp.broadcast_to(image_pe, (b, h, w, d)).reshape(b, h * w, d)
-        queries = tokens
-        for i in range(self.depth):
-            queries, keys = TwoWayAttentionBlock(
-                self.num_heads,
+    def setup(self) -> None:
+        d, h, r = self.dim, self.num_heads, self.downsample_rate
+        self.layers = [
+            TwoWayAttentionBlock(
+                d,
+                h,
                 self.mlp_dim,
-                self.downsample_rate,
+                r,
                 skip_first_layer_pe=i == 0,
                 sam2_mlp_names=self.sam2_mlp_names,
-                name=f"layers_{i}",
-            )(queries, keys, tokens, key_pe)
-        final = Attention(self.num_heads, self.downsample_rate, name="final_attn_token_to_image")
+            )
+            for i in range(self.depth)
+        ]
+        self.final_attn_token_to_image = Attention(d, h, r)
+        self.norm_final_attn = layer_norm()
+
+    @staticmethod
+    def _flat(image, image_pe):
+        b, h, w, d = image.shape
+        pe = jnp.broadcast_to(image_pe, (*image_pe.shape[:-3], h, w, d))
+        return image.reshape(b, h * w, d), pe.reshape(-1, h * w, d)
+
+    def image_cache(self, image: jnp.ndarray, image_pe: jnp.ndarray) -> dict:
+        """The first layer's projections of the image (B, H, W, D) (module docstring)."""
+        keys, key_pe = self._flat(image, image_pe)
+        return self.layers[0].image_cache(keys, key_pe)
+
+    def __call__(self, image, image_pe, tokens, cache: dict | None = None):
+        keys, key_pe = self._flat(image, image_pe)
+        queries = tokens
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(queries, keys, tokens, key_pe, cache if i == 0 else None)
+        final = self.final_attn_token_to_image
         queries = queries + final(queries + tokens, keys + key_pe, keys)
-        return layer_norm(name="norm_final_attn")(queries), keys
+        return self.norm_final_attn(queries), keys

@@ -21,9 +21,9 @@ Changing only the values of prompts or of `mask_threshold` never recompiles. The
 points is NOT padded: padding tokens would take part in the decoder's attention and change
 the masks.
 
-For SAM / MobileSAM the decoder runs through `sam_jax.fast_decoder`, which does the
-prompt-independent part once per image and reorders the attention products (same result up
-to float rounding); mask inputs and SAM 2 models go through the model's `predict_masks`.
+Every prompt goes through the model's `predict_masks`; the decoder's prompt-independent
+work is done once per image (`decoder_cache`) and shared by every prompt without a mask
+input (sam_jax.models.two_way_transformer).
 
 The jitted pieces are module functions with the model as a static argument, so that every
 Predictor and MaskGenerator of equal models shares one compilation cache; `TRACE_COUNTS`
@@ -40,7 +40,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax import fast_decoder
 from sam_jax.predictors.concept import ConceptPredictor, is_concept_model
 from sam_jax.predictors.image_input import load_image, prepare_image
 from sam_jax.predictors.resample import Taps, lerp
@@ -74,20 +73,20 @@ def encode(
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7))
-def _decode_scored(model, params, features, coords, labels, boxes, masks, multimask_output):
+def _decode_scored(model, params, features, coords, labels, boxes, masks, multimask_output, cache):
     """Prompts with a leading axis K -> (logits (K, M, m, m), iou (K, M), object score logits
-    (K,) for SAM 2 else None); the features of the one image are shared by the K prompts."""
+    (K,) for SAM 2 else None); the features of the one image are shared by the K prompts,
+    and so is `cache` (the decoder's per-image work, or None)."""
     TRACE_COUNTS["decode"] += 1
-    k = next((a.shape[0] for a in (coords, boxes, masks) if a is not None), 1)
-    feats = jax.tree_util.tree_map(lambda f: jnp.broadcast_to(f, (k, *f.shape[1:])), features)
     out = model.apply(
         params,
-        feats,
+        features,
         point_coords=coords,
         point_labels=labels,
         boxes=boxes,
         mask_inputs=masks,
         multimask_output=multimask_output,
+        decoder_cache=cache,
         method="predict_masks",
     )
     return out[0], out[1], (out[2][:, 0] if len(out) > 2 else None)
@@ -95,27 +94,21 @@ def _decode_scored(model, params, features, coords, labels, boxes, masks, multim
 
 def _decode(model, params, features, coords, labels, boxes, masks, multimask_output):
     """`_decode_scored` without the object scores: (logits (K, M, m, m), iou (K, M))."""
-    out = _decode_scored(model, params, features, coords, labels, boxes, masks, multimask_output)
+    out = _decode_scored(
+        model, params, features, coords, labels, boxes, masks, multimask_output, None
+    )
     return out[0], out[1]
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _image_cache(model, params, features):
     TRACE_COUNTS["image_cache"] += 1
-    return fast_decoder.image_cache(model, params, features)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 6))
-def _fast_decode(model, params, cache, coords, labels, boxes, multimask_output):
-    """As `_decode`, through `fast_decoder` with the per-image work cached."""
-    TRACE_COUNTS["fast_decode"] += 1
-    return fast_decoder.decode(model, params, cache, coords, labels, boxes, multimask_output)
+    return model.apply(params, features, method="decoder_cache")
 
 
 def decoder_cache(model: Any, params: Any, features: Any) -> Any:
-    """Per-image decoder work for `fast_decoder` (SAM / MobileSAM), else None."""
-    if not fast_decoder.supported(model):
-        return None
+    """The mask decoder's per-image work on one image's features (the model's
+    `decoder_cache`), shared by every prompt without a mask input."""
     return _image_cache(model, params, features)
 
 
@@ -133,11 +126,11 @@ def decode_prompts(
     """K prompts in the letterboxed frame (coords (K, N, 2), labels (K, N), boxes (K, 4),
     masks (K, m, m, 1)) on one image -> (logits (K, M, m, m), iou (K, M), object score
     logits (K,) for SAM 2 models, None for SAM / MobileSAM), M = 3 with multimask_output
-    else 1. Uses the cached fast path where it applies."""
-    if cache is not None and masks is None and (coords is not None or boxes is not None):
-        logits, iou = _fast_decode(model, params, cache, coords, labels, boxes, multimask_output)
-        return logits, iou, None
-    return _decode_scored(model, params, features, coords, labels, boxes, masks, multimask_output)
+    else 1. The decoder's per-image work `cache` is used where it applies (no mask input)."""
+    cache = cache if masks is None else None
+    return _decode_scored(
+        model, params, features, coords, labels, boxes, masks, multimask_output, cache
+    )
 
 
 def run_decoder(
