@@ -51,8 +51,19 @@ def build_reference_sam2(cfg: Sam2Config) -> torch.nn.Module:
         image_encoder=ImageEncoder(trunk=trunk, neck=neck, scalp=cfg.scalp),
         memory_attention=memory_attention,
         memory_encoder=MemoryEncoder(out_dim=cfg.mem_dim),
-        num_maskmem=cfg.num_maskmem,
         image_size=1024,
+        **sam2_model_flags(cfg),
+    )
+    if cfg.image_size != 1024:
+        model.set_imgsz((cfg.image_size, cfg.image_size))
+    return model.eval()
+
+
+def sam2_model_flags(cfg: Sam2Config) -> dict:
+    """SAM2Model's (and SAM3Model's) constructor flags for `cfg`: the builders' fixed
+    choices, the rest from the config's fields of the same names."""
+    return dict(
+        num_maskmem=cfg.num_maskmem,
         sigmoid_scale_for_mem_enc=cfg.sigmoid_scale_for_mem_enc,
         sigmoid_bias_for_mem_enc=cfg.sigmoid_bias_for_mem_enc,
         use_mask_input_as_output_without_sam=True,
@@ -81,6 +92,3 @@ def build_reference_sam2(cfg: Sam2Config) -> torch.nn.Module:
             "dynamic_multimask_stability_thresh": cfg.dynamic_multimask_stability_thresh,
         },
     )
-    if cfg.image_size != 1024:
-        model.set_imgsz((cfg.image_size, cfg.image_size))
-    return model.eval()

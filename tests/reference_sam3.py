@@ -17,53 +17,21 @@ from sam_jax.config import VARIANTS, Sam2Config
 
 def build_reference_sam3_tracker(cfg: Sam2Config) -> torch.nn.Module:
     """An ultralytics SAM3Model (eval mode, default init) with `cfg`'s architecture."""
-    from ultralytics.models.sam.modules.blocks import PositionEmbeddingSine, RoPEAttention
+    from ultralytics.models.sam.modules.blocks import RoPEAttention
     from ultralytics.models.sam.modules.encoders import MemoryEncoder
     from ultralytics.models.sam.modules.memory_attention import (
         MemoryAttention,
         MemoryAttentionLayer,
     )
     from ultralytics.models.sam.modules.sam import SAM3Model
-    from ultralytics.models.sam.sam3.necks import Sam3DualViTDetNeck
-    from ultralytics.models.sam.sam3.vitdet import ViT
     from ultralytics.models.sam.sam3.vl_combiner import SAM3VLBackbone
+
+    from tests.reference_sam2 import sam2_model_flags
+    from tests.test_sam3_backbone import build_reference
 
     v, s = cfg.encoder, cfg.image_size
     g = s // v.patch_size
-    trunk = ViT(
-        img_size=s,
-        pretrain_img_size=v.pretrain_image_size,
-        patch_size=v.patch_size,
-        embed_dim=v.embed_dim,
-        depth=v.depth,
-        num_heads=v.num_heads,
-        mlp_ratio=v.mlp_ratio,
-        norm_layer="LayerNorm",
-        qkv_bias=True,
-        use_abs_pos=True,
-        tile_abs_pos=True,
-        global_att_blocks=v.global_att_blocks,
-        rel_pos_blocks=(),
-        use_rope=True,
-        rope_pt_size=v.rope_pt_size,
-        use_interp_rope=v.rope_interp,
-        window_size=v.window_size,
-        pretrain_use_cls_token=True,
-        retain_cls_token=False,
-        ln_pre=True,
-        ln_post=False,
-        return_interm_layers=False,
-        bias_patch_embed=False,
-    )
-    neck = Sam3DualViTDetNeck(
-        trunk=trunk,
-        position_encoding=PositionEmbeddingSine(
-            num_pos_feats=v.d_model, normalize=True, temperature=10000
-        ),
-        d_model=v.d_model,
-        scale_factors=list(v.scale_factors),
-        add_sam2_neck=True,
-    )
+    neck = build_reference(dataclasses.replace(v, add_sam2_neck=True), (s, s))
     d, mem = cfg.d_model, cfg.mem_dim
     layer = MemoryAttentionLayer(
         dim_feedforward=cfg.memory_attention_mlp_dim,
@@ -90,33 +58,7 @@ def build_reference_sam3_tracker(cfg: Sam2Config) -> torch.nn.Module:
         memory_encoder=MemoryEncoder(out_dim=mem, interpol_size=[g * 16, g * 16]),
         image_size=s,
         backbone_stride=v.patch_size,
-        num_maskmem=cfg.num_maskmem,
-        sigmoid_scale_for_mem_enc=cfg.sigmoid_scale_for_mem_enc,
-        sigmoid_bias_for_mem_enc=cfg.sigmoid_bias_for_mem_enc,
-        use_mask_input_as_output_without_sam=True,
-        directly_add_no_mem_embed=True,
-        use_high_res_features_in_sam=True,
-        multimask_output_in_sam=True,
-        iou_prediction_use_sigmoid=True,
-        use_obj_ptrs_in_encoder=True,
-        add_tpos_enc_to_obj_ptrs=True,
-        only_obj_ptrs_in_the_past_for_eval=True,
-        pred_obj_scores=True,
-        pred_obj_scores_mlp=True,
-        fixed_no_obj_ptr=True,
-        multimask_output_for_tracking=cfg.multimask_output_for_tracking,
-        use_multimask_token_for_obj_ptr=True,
-        multimask_min_pt_num=0,
-        multimask_max_pt_num=1,
-        use_mlp_for_obj_ptr_proj=True,
-        no_obj_embed_spatial=cfg.no_obj_embed_spatial,
-        proj_tpos_enc_in_obj_ptrs=cfg.proj_tpos_enc_in_obj_ptrs,
-        use_signed_tpos_enc_to_obj_ptrs=cfg.use_signed_tpos_enc_to_obj_ptrs,
-        sam_mask_decoder_extra_args={
-            "dynamic_multimask_via_stability": True,
-            "dynamic_multimask_stability_delta": cfg.dynamic_multimask_stability_delta,
-            "dynamic_multimask_stability_thresh": cfg.dynamic_multimask_stability_thresh,
-        },
+        **sam2_model_flags(cfg),
     )
     return model.eval()
 

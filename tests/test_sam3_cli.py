@@ -22,29 +22,12 @@ import sam_jax
 from sam_jax.checkpoint import build_from_config, init_params
 from sam_jax.cli import main
 from sam_jax.cli.images import label_image
-from sam_jax.config import VARIANTS, Sam3SemanticConfig
-from sam_jax.models.sam3_config import Sam3DetectorConfig, Sam3TextConfig, Sam3VisionConfig
+from sam_jax.config import VARIANTS
 from sam_jax.predictors.amg_output import rle_to_mask
 from sam_jax.predictors.concept import ConceptPredictor
+from tests.tiny_configs import SAM3_SEMANTIC_SMALL
 
-# test_sam3_semantic.SMALL (that module imports torch at the top).
-SMALL = Sam3SemanticConfig(
-    name="sam3_semantic_small",
-    image_size=112,
-    encoder=Sam3VisionConfig(
-        embed_dim=64,
-        depth=2,
-        num_heads=2,
-        window_size=4,
-        global_att_blocks=(1,),
-        pretrain_image_size=56,
-        add_sam2_neck=False,
-    ),
-    text=Sam3TextConfig(width=64, depth=2, num_heads=4),
-    detector=Sam3DetectorConfig(
-        geometry_layers=1, encoder_layers=2, decoder_layers=2, num_queries=12
-    ),
-)
+SMALL = SAM3_SEMANTIC_SMALL
 # Random weights score every query near 0.2, under the default --conf 0.25: the tests that
 # need instances lower it (and tighten --iou so the two flags visibly act).
 LOW = ["--conf", "0.17", "--iou", "0.5"]

@@ -21,28 +21,13 @@ import torch
 from sam_jax.checkpoint import build_from_config, variable_shapes
 from sam_jax.config import VARIANTS, Sam3SemanticConfig, config_from_json, config_to_json
 from sam_jax.convert.keymap import state_dict_to_variables
-from sam_jax.models.sam3_config import Sam3DetectorConfig, Sam3TextConfig, Sam3VisionConfig
+from sam_jax.models.sam3_config import Sam3TextConfig
 from sam_jax.text import CLIPTokenizer
 from tests.reference import randomize_, rel_err, to_nchw
+from tests.tiny_configs import SAM3_SEMANTIC_SMALL
 
 TOL = 1e-4
-SMALL = Sam3SemanticConfig(
-    name="sam3_semantic_small",
-    image_size=112,
-    encoder=Sam3VisionConfig(
-        embed_dim=64,
-        depth=2,
-        num_heads=2,
-        window_size=4,
-        global_att_blocks=(1,),
-        pretrain_image_size=56,
-        add_sam2_neck=False,
-    ),
-    text=Sam3TextConfig(width=64, depth=2, num_heads=4),
-    detector=Sam3DetectorConfig(
-        geometry_layers=1, encoder_layers=2, decoder_layers=2, num_queries=12
-    ),
-)
+SMALL = SAM3_SEMANTIC_SMALL
 CAPTIONS = ["a red car", "dog", "wow!😀 a cat"]
 KEYS = ("pred_logits", "presence_logit", "pred_boxes", "pred_boxes_xyxy", "pred_masks",
         "semantic_seg")  # fmt: skip

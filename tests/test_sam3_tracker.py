@@ -24,31 +24,17 @@ from sam_jax.checkpoint import build_from_config, variable_shapes
 from sam_jax.config import VARIANTS, config_from_json, config_to_json
 from sam_jax.convert.keymap import _torch_shape, state_dict_to_variables, torch_key
 from sam_jax.convert.sam3_keys import tracker_to_sam3_keys
-from sam_jax.models.sam3_config import Sam3VisionConfig
 from tests.reference import nchw, randomize_, rel_err, to_nchw
 from tests.reference_sam3 import build_reference_sam3_tracker, tracker_state_dict
 from tests.test_video import Session, Setup, _video
+from tests.tiny_configs import SAM3_TRACKER_SMALL
 
 FEATURE_TOL = 1e-4
 LOGIT_TOL = 1e-3
 HEADS = ("low_res_multimasks", "high_res_multimasks", "ious", "low_res_masks",
          "high_res_masks", "obj_ptr", "object_score_logits")  # fmt: skip
 
-SMALL = dataclasses.replace(
-    VARIANTS["sam3"],
-    name="sam3_small",
-    image_size=112,
-    encoder=Sam3VisionConfig(
-        embed_dim=64,
-        depth=2,
-        num_heads=2,
-        window_size=4,
-        global_att_blocks=(1,),
-        pretrain_image_size=56,
-    ),
-    memory_attention_layers=2,
-    memory_attention_mlp_dim=256,
-)
+SMALL = SAM3_TRACKER_SMALL
 
 
 @functools.cache

@@ -3,11 +3,23 @@ random variables for test models."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax
 import numpy as np
 
 from sam_jax.checkpoint import variable_shapes
-from sam_jax.config import SAM2_1, HieraConfig, Sam2Config, SamConfig, TinyViTConfig, ViTConfig
+from sam_jax.config import (
+    SAM2_1,
+    VARIANTS,
+    HieraConfig,
+    Sam2Config,
+    Sam3SemanticConfig,
+    SamConfig,
+    TinyViTConfig,
+    ViTConfig,
+)
+from sam_jax.models.sam3_config import Sam3DetectorConfig, Sam3TextConfig, Sam3VisionConfig
 
 # A two-block ViT SAM at 64 px (one windowed block, one global), quick to compile.
 TINY_SAM = SamConfig(
@@ -82,3 +94,32 @@ def random_variables(model, seed: int = 0) -> dict:
 
     out = {k: draw(k, s).astype(s.dtype) for k, s in sorted(flat.items())}
     return flax.traverse_util.unflatten_dict(out)
+
+
+# SAM 3's reduced models: a 2-block ViT at 112 px (an 8 x 8 grid of 14-px patches), the
+# tracker's and the concept model's, sharing the trunk's sizes.
+SAM3_SMALL_VIT = Sam3VisionConfig(
+    embed_dim=64,
+    depth=2,
+    num_heads=2,
+    window_size=4,
+    global_att_blocks=(1,),
+    pretrain_image_size=56,
+)
+SAM3_TRACKER_SMALL = dataclasses.replace(
+    VARIANTS["sam3"],
+    name="sam3_small",
+    image_size=112,
+    encoder=SAM3_SMALL_VIT,
+    memory_attention_layers=2,
+    memory_attention_mlp_dim=256,
+)
+SAM3_SEMANTIC_SMALL = Sam3SemanticConfig(
+    name="sam3_semantic_small",
+    image_size=112,
+    encoder=dataclasses.replace(SAM3_SMALL_VIT, add_sam2_neck=False),
+    text=Sam3TextConfig(width=64, depth=2, num_heads=4),
+    detector=Sam3DetectorConfig(
+        geometry_layers=1, encoder_layers=2, decoder_layers=2, num_queries=12
+    ),
+)
