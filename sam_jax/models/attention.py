@@ -27,7 +27,7 @@ Implementations (`impl`), equal to float32 rounding in outputs and gradients:
   inputs allow it (no rel_pos; same shapes for k and v; float16 / bfloat16);
 - "auto": cudnn where allowed on GPU, else "blocked" when B * H * Nq * Nk exceeds
   `BLOCKED_ABOVE` logits (`BLOCKED_ABOVE_CPU` on CPU, where the blocked scan is slower
-  for small attentions), else "reference". It never picks cudnn on CPU.
+  for small attentions and memory is plentiful), else "reference". It never picks cudnn on CPU.
 
 `impl=None` uses the process-wide default: the environment variable SAM_JAX_ATTENTION
 at import (one of the names above), else "auto"; change it with `set_default_impl(name)`
@@ -48,11 +48,10 @@ import jax.numpy as jnp
 IMPLS = ("auto", "reference", "blocked", "cudnn")
 # Above this many logits per call "auto" goes blocked: one (H, 4096, 4096) global-attention
 # matrix of SAM's ViT is 0.8 GB in float32, a 7-frame memory bank's 3.8 GB. On CPU the
-# blocked scan is slower than one materialised product for windows (SAM 3's 9 x 16 heads x
-# 576^2 = 48M logits: about 2x) but faster for global attention and memory banks (SAM's,
-# SAM 2's, SAM 3's: 10-35%), whose materialised logits no longer fit any cache.
+# materialised product was measured faster for windows and host memory is large, so there
+# it waits for logits of 4 GiB in float32.
 BLOCKED_ABOVE = 1 << 25
-BLOCKED_ABOVE_CPU = 1 << 26
+BLOCKED_ABOVE_CPU = 1 << 30
 BLOCK_SIZE = 512
 
 
