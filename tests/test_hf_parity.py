@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 
+import jax
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
@@ -71,6 +72,15 @@ def fill_random(model, seed: int):
     return model.eval()
 
 
+def _apply(model, variables, *args, **kwargs):
+    """`model.apply` as one compiled program (op by op, each operation of the model would be
+    compiled on its own: several times slower here); str and bool keywords are static."""
+    static = {k: v for k, v in kwargs.items() if isinstance(v, (bool, str))}
+    arrays = {k: v for k, v in kwargs.items() if k not in static}
+    run = jax.jit(lambda v, a, kw: model.apply(v, *a, **kw, **static))
+    return run(variables, args, arrays)
+
+
 def _nhwc(t) -> np.ndarray:
     return t.detach().permute(0, 2, 3, 1).numpy()
 
@@ -111,14 +121,14 @@ def test_sam_model_parity(tmp_path):
     hf.save_pretrained(tmp_path)
     model, variables = sam_jax.load(tmp_path)
     x = _images()
-    emb = model.apply(variables, x, method="encode_image")
+    emb = _apply(model, variables, x, method="encode_image")
     with torch.no_grad():
         ref_emb = hf.get_image_embeddings(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
     assert report("SamModel image embeddings", rel_err(emb, _nhwc(ref_emb))) <= 1e-4
     for what, prompts in PROMPTS.items():
         for multimask in (True, False):
-            logits, iou = model.apply(
-                variables, emb, **prompts, multimask_output=multimask, method="predict_masks"
+            logits, iou = _apply(
+                model, variables, emb, **prompts, multimask_output=multimask, method="predict_masks"
             )
             with torch.no_grad():
                 ref = hf(image_embeddings=ref_emb, multimask_output=multimask,
@@ -131,7 +141,7 @@ def test_sam_model_parity(tmp_path):
             module.eps = 1e-6
     with torch.no_grad():
         ref = hf(image_embeddings=ref_emb, **_hf_prompts(torch, PROMPTS["points"]))
-    logits, _ = model.apply(variables, emb, **PROMPTS["points"], method="predict_masks")
+    logits, _ = _apply(model, variables, emb, **PROMPTS["points"], method="predict_masks")
     report("SamModel points logits, transformers' eps 1e-6", rel_err(logits, ref.pred_masks[:, 0]))
 
 
@@ -167,7 +177,7 @@ def test_sam2_model_parity(tmp_path):
     with pytest.warns(UserWarning, match="image-only"):
         model, variables = sam_jax.load(tmp_path)
     x = _images()
-    feats = model.apply(variables, x, method="encode_image")
+    feats = _apply(model, variables, x, method="encode_image")
     with torch.no_grad():
         ref_emb = hf.get_image_embeddings(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
     no_mem = np.asarray(variables["params"]["no_mem_embed"]).reshape(1, 1, 1, -1)
@@ -176,8 +186,13 @@ def test_sam2_model_parity(tmp_path):
         assert report(f"Sam2Model image embeddings level {i}", rel_err(a, _nhwc(b))) <= 1e-4
     for what, prompts in PROMPTS.items():
         for multimask in (True, False):
-            logits, iou, obj = model.apply(
-                variables, feats, **prompts, multimask_output=multimask, method="predict_masks"
+            logits, iou, obj = _apply(
+                model,
+                variables,
+                feats,
+                **prompts,
+                multimask_output=multimask,
+                method="predict_masks",
             )
             with torch.no_grad():
                 ref = hf(image_embeddings=ref_emb, multimask_output=multimask,
@@ -321,12 +336,12 @@ def test_written_folder_runs_in_transformers(bundled, name, tmp_path):
     with torch.no_grad():
         ref_emb = hf.get_image_embeddings(pixels)
     if name == "sam_tiny_shapes":
-        logits, iou = model.apply(variables, x, **prompts)
+        logits, iou = _apply(model, variables, x, **prompts)
         with torch.no_grad():
             ref = hf(image_embeddings=ref_emb, **_hf_prompts(torch, prompts))
         ref_logits, ref_iou = ref.pred_masks[:, 0], ref.iou_scores[:, 0]
     else:  # the video model's image path: the best of the 3 masks
-        logits, iou, _ = model.apply(variables, x, **prompts)
+        logits, iou, _ = _apply(model, variables, x, **prompts)
         logits = logits[:, int(np.argmax(iou[0]))][:, None]
         with torch.no_grad():
             ref = hf._single_frame_forward(image_embeddings=ref_emb, **_hf_prompts(torch, prompts))
@@ -360,11 +375,11 @@ def test_full_size_sam_vit_base(tmp_path):
     prompts = dict(point_coords=pts, point_labels=np.array([[1, 0]], np.int32))
     if os.environ.get("SAM_JAX_HF_FULL_FORWARD") == "1":
         x = rng.randn(1, 1024, 1024, 3).astype(np.float32)
-        emb = np.asarray(model.apply(variables, x, method="encode_image"))
+        emb = np.asarray(_apply(model, variables, x, method="encode_image"))
         with torch.no_grad():
             ref_emb = hf.get_image_embeddings(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
         assert report("sam-vit-base image embeddings", rel_err(emb, _nhwc(ref_emb))) <= 1e-4
-    logits, iou = model.apply(variables, emb, **prompts, method="predict_masks")
+    logits, iou = _apply(model, variables, emb, **prompts, method="predict_masks")
     with torch.no_grad():
         emb_t = torch.from_numpy(emb.transpose(0, 3, 1, 2).copy())
         ref = hf(image_embeddings=emb_t, **_hf_prompts(torch, prompts))

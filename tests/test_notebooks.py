@@ -11,8 +11,8 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 # scripts/test.sh sets XLA flags that compile fast and run slower (-O0). The fine-tuning
-# notebook's 20 train steps are run-bound: with the library's defaults it takes 92 s
-# alone instead of 127 s, so its kernel gets them.
+# notebook's 10 train steps are run-bound: with the library's defaults it takes 55 s
+# alone instead of 73 s, so its kernel gets them.
 RUN_BOUND = {"04_finetune"}
 # Notebooks that build the PyTorch reference.
 NEEDS_TORCH = {"01_convert_and_prompt"}

@@ -258,7 +258,7 @@ def test_every_prompt_kind_trains(shapes_sam2):
     frame, plus a padding object (empty, valid False): finite loss, metrics and gradients,
     which reach what each kind uses."""
     model, variables = shapes_sam2
-    clips, targets = _clip(model.config, num_frames=4)
+    clips, targets = _clip(model.config, num_frames=3)
     targets = np.concatenate([targets, np.zeros_like(targets[:, :, :1])], axis=2)
     valid = np.array([[True, True, True, False]])
     for seed in range(200):  # a key under which the real objects cover every kind
@@ -310,20 +310,23 @@ def test_each_pure_prompt_kind_traces(shapes_sam2, prompting):
     assert jax.tree.map(lambda g: g.shape, grads) == jax.tree.map(np.shape, variables)
 
 
-def _encoded(model, variables, clips, targets):
-    """One clip's encoded frames and its first object's targets at logit resolution (all
-    known) and full size."""
-    frames = video_step._encode_frames(model, variables, jnp.asarray(clips[0]), False)
+@pytest.fixture(scope="module")
+def encoded_clip(shapes_sam2):
+    """A 3-frame clip's encoded frames (one compiled encoder call, shared) and its first
+    object's targets at logit resolution (all known) and full size."""
+    model, variables = shapes_sam2
+    clips, targets = _clip(model.config, num_frames=3)
+    encode = jax.jit(lambda v, x: video_step._encode_frames(model, v, x, False))
+    frames = encode(variables, jnp.asarray(clips[0]))
     soft = clip_targets(targets[:1, :, 0], None, model.config.mask_input_size)[0]
     return frames, soft, jnp.asarray(targets[0, :, 0])
 
 
-def test_mask_prompt_is_the_first_frames_output(shapes_sam2):
+def test_mask_prompt_is_the_first_frames_output(shapes_sam2, encoded_clip):
     """prob_mask=1: frame 0's output is its ground-truth mask (`mask_prompt_impl`), its
     memory that output's, whatever the key."""
     model, variables = shapes_sam2
-    clips, targets = _clip(model.config)
-    frames, soft, masks = _encoded(model, variables, clips, targets)
+    frames, soft, masks = encoded_clip
     prompting = VideoPrompting(prob_mask=1.0)
 
     @jax.jit
@@ -334,13 +337,19 @@ def test_mask_prompt_is_the_first_frames_output(shapes_sam2):
 
     out, mems = cond_stage(jax.random.key(0))
     vision, hr0, hr1 = frames
-    low, ptr, score = model.apply(
-        variables, vision[0], hr0[0], hr1[0], masks[:1], method=mask_prompt_impl
-    )
+
+    @jax.jit
+    def frame0_by_hand(variables):
+        low, ptr, score = model.apply(
+            variables, vision[0], hr0[0], hr1[0], masks[:1], method=mask_prompt_impl
+        )
+        mem = model.apply(variables, vision[0], low, score, method=prompt_memory_impl)
+        return low, ptr, score, mem
+
+    low, ptr, score, want = frame0_by_hand(variables)
     np.testing.assert_allclose(out.low, low, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out.ptr, ptr, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out.score, [10.0])
-    want = model.apply(variables, vision[0], low, score, method=prompt_memory_impl)
     np.testing.assert_allclose(mems, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
     assert float(out.iou_first[0]) > 0.9
     again, _ = cond_stage(jax.random.key(1))
@@ -348,14 +357,13 @@ def test_mask_prompt_is_the_first_frames_output(shapes_sam2):
 
 
 @pytest.mark.parametrize("as_cond", [True, False])
-def test_conditioning_and_corrected_frames_fill_the_bank(shapes_sam2, as_cond):
+def test_conditioning_and_corrected_frames_fill_the_bank(shapes_sam2, encoded_clip, as_cond):
     """Two initial conditioning frames fill two conditioning slots (frame 0 and a later
     one); a corrected tracked frame fills the third (correct_as_cond), its ring slots (of
     memories and of pointers) left empty, or else enters the rings like a tracked frame.
     (3 frames: frames 1 and 2 are the later conditioning frame and the corrected one.)"""
     model, variables = shapes_sam2
-    clips, targets = _clip(model.config, num_frames=3)
-    frames, soft, masks = _encoded(model, variables, clips, targets)
+    frames, soft, masks = encoded_clip
     prompting = VideoPrompting(num_cond_frames=2, num_correct_frames=3, correct_as_cond=as_cond)
     options = (1, False, prompting, {})
     run = jax.jit(
@@ -388,11 +396,13 @@ def test_conditioning_and_corrected_frames_fill_the_bank(shapes_sam2, as_cond):
 def test_padding_objects_change_nothing(tiny_sam2):
     """A padding object (all-background target, valid False) leaves the loss, its
     gradients and the metrics those of the clip without it, all finite; so does a padding
-    clip in a (B, T, S, S) batch. (Mask prompts: no draw depends on the object count.)"""
+    clip in a (B, T, S, S) batch. (Mask prompts: no draw depends on the object count, so
+    the clip without the padding object is also the clip with its real object twice, both
+    valid: the padded and the doubled clip run one compiled gradient program, and the clip
+    alone, a program of its own, anchors the loss and metrics.)"""
     model, variables = tiny_sam2
     clips, targets = _clip(TINY2)
     real = targets[:, :, :1]
-    padded = np.concatenate([real, np.zeros_like(real)], axis=2)
     params, rebuild = _trained_apart_from_encoder(variables)
     masks = VideoPrompting(prob_mask=1.0)
     key = jax.random.key(2)
@@ -400,30 +410,32 @@ def test_padding_objects_change_nothing(tiny_sam2):
     def loss(q, t, valid=None, c=clips):
         return clip_loss(model, rebuild(q), c, t, key, 1, prompting=masks, valid=valid)
 
-    @jax.jit
-    def run(q):
-        alone = jax.value_and_grad(lambda p: loss(p, real), has_aux=True)(q)
-        with_pad = jax.value_and_grad(
-            lambda p: loss(p, padded, np.array([[True, False]])), has_aux=True
-        )(q)
-        return alone, with_pad
-
-    ((l_a, m_a), g_a), ((l_p, m_p), g_p) = run(params)
+    grads = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    padded = np.concatenate([real, np.zeros_like(real)], axis=2)
+    (l_p, m_p), g_p = grads(params, padded, np.array([[True, False]]))
+    doubled = np.concatenate([real, real], axis=2)
+    (l_a, m_a), g_a = grads(params, doubled, np.array([[True, True]]))
     assert np.isfinite(float(l_a))
     np.testing.assert_allclose(float(l_p), float(l_a), rtol=1e-6)
     for k in m_a:
         np.testing.assert_allclose(float(m_p[k]), float(m_a[k]), rtol=1e-6)
-    # float32 rounding (the objects' matmuls are batched differently), on the gradients' scale
+    # float32 rounding (the objects' weighted contributions are summed in one batched
+    # product, in another order), on the gradients' scale
     atol = 1e-5 * max(float(np.abs(g).max()) for g in jax.tree.leaves(g_a))
     for a, b in zip(jax.tree.leaves(g_p), jax.tree.leaves(g_a), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=atol)
+    # the clip alone: its one object (B, T, S, S)
+    l_one, m_one = jax.jit(lambda q: loss(q, real[:, :, 0]))(params)
+    np.testing.assert_allclose(float(l_p), float(l_one), rtol=1e-6)
+    for k in m_one:
+        np.testing.assert_allclose(float(m_p[k]), float(m_one[k]), rtol=1e-6)
     # the second clip (frames reversed, its object visible) marked padding
     two = np.concatenate([clips, clips[:, ::-1]])
     flat = np.concatenate([real[:, :, 0], real[:, ::-1, 0]])
     l_two, m_two = jax.jit(lambda q: loss(q, flat, np.array([True, False]), two))(params)
-    l_one, m_one = jax.jit(lambda q: loss(q, real[:, :, 0]))(params)
     np.testing.assert_allclose(float(l_two), float(l_one), rtol=1e-6)
-    np.testing.assert_allclose(float(m_two["iou_tracked"]), float(m_one["iou_tracked"]), rtol=1e-6)
+    for k in m_one:
+        np.testing.assert_allclose(float(m_two[k]), float(m_one[k]), rtol=1e-6)
 
 
 def test_unannotated_frames_add_no_loss(tiny_sam2):

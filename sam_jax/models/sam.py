@@ -49,13 +49,19 @@ def check_prompts(
         )
 
 
-def prompt_batch(image_batch: int, *prompts: jnp.ndarray | None) -> int:
+def prompt_batch(image_batch: int, **prompts: jnp.ndarray | None) -> int:
     """The batch of the prompts: that of the first one given, else the images'. Images of
-    a batch of one are shared by every prompt; otherwise the two must agree."""
-    given = [p.shape[0] for p in prompts if p is not None and p.ndim > 0]
-    b = given[0] if given else image_batch
+    a batch of one are shared by every prompt; otherwise the two must agree (a ValueError
+    names the prompt)."""
+    given = [(name, p.shape[0]) for name, p in prompts.items() if p is not None and p.ndim > 0]
+    if not given:
+        return image_batch
+    name, b = given[0]
     if image_batch not in (1, b):
-        raise ValueError(f"images have batch {image_batch} but the prompts {b}")
+        raise ValueError(
+            f"{name} has batch {b} but the image features {image_batch}: give features of "
+            f"batch {b}, or of batch 1 to share them"
+        )
     return b
 
 
@@ -114,7 +120,12 @@ class Sam(nn.Module):
             raise ValueError(
                 f"image_embeddings must be (B, {g}, {g}, {d}); got {image_embeddings.shape}"
             )
-        b = prompt_batch(image_embeddings.shape[0], point_coords, boxes, mask_inputs)
+        b = prompt_batch(
+            image_embeddings.shape[0],
+            point_coords=point_coords,
+            boxes=boxes,
+            mask_inputs=mask_inputs,
+        )
         check_prompts(b, point_coords, point_labels, boxes, mask_inputs)
         sparse, dense = self.prompt_encoder(b, point_coords, point_labels, boxes, mask_inputs)
         cache = decoder_cache if mask_inputs is None else None

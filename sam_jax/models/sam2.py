@@ -174,7 +174,9 @@ class Sam2(nn.Module):
             raise ValueError(
                 f"backbone_features must be (B, {g}, {g}, {d}); got {backbone_features.shape}"
             )
-        b = prompt_batch(backbone_features.shape[0], point_coords, mask_inputs)
+        b = prompt_batch(
+            backbone_features.shape[0], point_coords=point_coords, mask_inputs=mask_inputs
+        )
         check_prompts(b, point_coords, point_labels, None, mask_inputs)
         if point_coords is None:
             point_coords = jnp.zeros((b, 1, 2), jnp.float32)
@@ -234,7 +236,9 @@ class Sam2(nn.Module):
         the decoder's per-image work, read only without mask_inputs.
         """
         emb = features["vision_features"]
-        b = prompt_batch(emb.shape[0], point_coords, boxes, mask_inputs)
+        b = prompt_batch(
+            emb.shape[0], point_coords=point_coords, boxes=boxes, mask_inputs=mask_inputs
+        )
         check_prompts(b, point_coords, point_labels, boxes, mask_inputs)
         # The "no memory" state of a first frame: the learned no-memory token is added.
         emb = emb + self.no_mem_embed.reshape(1, 1, 1, -1).astype(emb.dtype)
