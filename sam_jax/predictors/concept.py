@@ -147,27 +147,15 @@ class ConceptPredictor:
             raise ValueError(
                 f"text must be a caption or a non-empty list of captions; got {text!r}"
             )
-        if box is None:
-            if text is None:
-                raise ValueError("give text=..., exemplar boxes box=..., or both")
-            if box_labels is not None:
-                raise ValueError("box_labels given without box")
+        if box is None and text is None:
+            raise ValueError("give text=..., exemplar boxes box=..., or both")
+        parsed = parse_boxes(box, box_labels, self._shape)
+        if parsed is None:
             return list(text), None, None
-        b = np.asarray(box, np.float32)
-        b = b[None] if b.ndim == 1 else b
-        if b.ndim != 2 or b.shape[-1] != 4 or not len(b):
-            raise ValueError(f"box must be (4,) or (K, 4) x0, y0, x1, y1; got shape {b.shape}")
-        lab = np.ones(len(b), np.int32) if box_labels is None else np.asarray(box_labels)
-        if lab.shape != (len(b),) or not np.isin(lab, (0, 1)).all():
-            raise ValueError(f"box_labels must be {len(b)} values of 1 / 0; got {box_labels!r}")
-        h, w = self._shape
-        cxcywh = np.stack(
-            [(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h,
-             (b[:, 2] - b[:, 0]) / w, (b[:, 3] - b[:, 1]) / h], axis=-1,
-        )  # fmt: skip
+        boxes, labels = parsed
         # Exemplars make one prompt with the first caption (the reference's priority).
         names = [text[0]] if text else ["visual"]
-        return names, jnp.asarray(cxcywh[None]), jnp.asarray(lab[None].astype(np.int32))
+        return names, boxes, labels
 
     def _postprocess(self, scores, xyxy, logits, names, conf, iou, return_logits) -> ConceptResult:
         h, w = self._shape
@@ -188,3 +176,26 @@ class ConceptPredictor:
         masks = full if return_logits else full > self.mask_threshold
         boxes = xyxy[keep] * np.float32([w, h, w, h])
         return ConceptResult(masks, boxes.astype(np.float32), scores[keep], classes[keep], names)
+
+
+def parse_boxes(
+    box: Any, box_labels: Any, hw: tuple[int, int]
+) -> tuple[jnp.ndarray, jnp.ndarray] | None:
+    """xyxy pixels (K, 4) -> ((1, K, 4) cxcywh in [0, 1], (1, K) labels)."""
+    if box is None:
+        if box_labels is not None:
+            raise ValueError("box_labels given without box")
+        return None
+    b = np.asarray(box, np.float32)
+    b = b[None] if b.ndim == 1 else b
+    if b.ndim != 2 or b.shape[-1] != 4 or not len(b):
+        raise ValueError(f"box must be (4,) or (K, 4) x0, y0, x1, y1; got shape {b.shape}")
+    lab = np.ones(len(b), np.int32) if box_labels is None else np.asarray(box_labels)
+    if lab.shape != (len(b),) or not np.isin(lab, (0, 1)).all():
+        raise ValueError(f"box_labels must be {len(b)} values of 1 / 0; got {box_labels!r}")
+    h, w = hw
+    cxcywh = np.stack(
+        [(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h,
+         (b[:, 2] - b[:, 0]) / w, (b[:, 3] - b[:, 1]) / h], axis=-1,
+    )  # fmt: skip
+    return jnp.asarray(cxcywh[None]), jnp.asarray(lab[None].astype(np.int32))

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.predictors import concept_video_compiled as compiled
-from sam_jax.predictors.concept import is_concept_model
+from sam_jax.predictors.concept import is_concept_model, parse_boxes
 from sam_jax.predictors.concept_video_assoc import (
     UNCONFIRMED,
     KeepAliveOptions,
@@ -59,7 +59,6 @@ from sam_jax.predictors.concept_video_state import (
     ConceptFrame,
     ConceptVideoState,
     FrameDetails,
-    parse_boxes,
     parse_captions,
 )
 from sam_jax.text import CLIPTokenizer

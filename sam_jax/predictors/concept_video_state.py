@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.predictors.concept_video_assoc import MaskletBook
@@ -72,26 +71,3 @@ def parse_captions(text: Any, box: Any) -> tuple[list[str], bool]:
     if text is not None and box is not None and len(text) > 1:
         raise ValueError("exemplar boxes go with one caption at most")
     return (list(text), True) if text is not None else (["visual"], False)
-
-
-def parse_boxes(
-    box: Any, box_labels: Any, hw: tuple[int, int]
-) -> tuple[jnp.ndarray, jnp.ndarray] | None:
-    """xyxy pixels (K, 4) -> ((1, K, 4) cxcywh in [0, 1], (1, K) labels)."""
-    if box is None:
-        if box_labels is not None:
-            raise ValueError("box_labels given without box")
-        return None
-    b = np.asarray(box, np.float32)
-    b = b[None] if b.ndim == 1 else b
-    if b.ndim != 2 or b.shape[-1] != 4 or not len(b):
-        raise ValueError(f"box must be (4,) or (K, 4) x0, y0, x1, y1; got shape {b.shape}")
-    lab = np.ones(len(b), np.int32) if box_labels is None else np.asarray(box_labels)
-    if lab.shape != (len(b),) or not np.isin(lab, (0, 1)).all():
-        raise ValueError(f"box_labels must be {len(b)} values of 1 / 0; got {box_labels!r}")
-    h, w = hw
-    cxcywh = np.stack(
-        [(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h,
-         (b[:, 2] - b[:, 0]) / w, (b[:, 3] - b[:, 1]) / h], axis=-1,
-    )  # fmt: skip
-    return jnp.asarray(cxcywh[None]), jnp.asarray(lab[None].astype(np.int32))
