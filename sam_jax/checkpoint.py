@@ -18,14 +18,8 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from sam_jax.config import (
-    Sam2Config,
-    Sam3SemanticConfig,
-    SamConfig,
-    config_from_json,
-    config_to_json,
-    variant_config,
-)
+from sam_jax.config import Sam2Config, Sam3SemanticConfig, SamConfig, variant_config
+from sam_jax.config_json import config_from_json, config_to_json
 from sam_jax.convert.detect import detect_variant
 from sam_jax.convert.hf_reader import hf_model_config, hf_to_variables, is_hf_checkpoint, read_hf
 from sam_jax.convert.keymap import state_dict_to_variables

@@ -260,7 +260,8 @@ def test_detect_rejects_unknown_tiny_vit() -> None:
 
 def test_config_json_round_trip() -> None:
     """The config written into .safetensors metadata reads back as the same TinyViT config."""
-    from sam_jax.config import VARIANTS, config_from_json, config_to_json
+    from sam_jax.config import VARIANTS
+    from sam_jax.config_json import config_from_json, config_to_json
 
     cfg = VARIANTS["mobile_sam"]
     assert config_from_json(config_to_json(cfg)) == cfg

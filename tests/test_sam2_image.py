@@ -23,14 +23,8 @@ import torch.nn.functional as F
 from flax.traverse_util import flatten_dict
 
 import sam_jax
-from sam_jax.config import (
-    SAM2_1,
-    VARIANTS,
-    HieraConfig,
-    Sam2Config,
-    config_from_json,
-    config_to_json,
-)
+from sam_jax.config import SAM2_1, VARIANTS, HieraConfig, Sam2Config
+from sam_jax.config_json import config_from_json, config_to_json
 from sam_jax.convert.export import export_torch
 from sam_jax.convert.keymap import flax_to_torch, state_dict_to_variables, torch_key
 from sam_jax.models.resize import resize_bicubic, resize_bilinear_antialias

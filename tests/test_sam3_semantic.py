@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from sam_jax.checkpoint import build_from_config, variable_shapes
-from sam_jax.config import VARIANTS, Sam3SemanticConfig, config_from_json, config_to_json
+from sam_jax.config import VARIANTS, Sam3SemanticConfig
+from sam_jax.config_json import config_from_json, config_to_json
 from sam_jax.convert.keymap import state_dict_to_variables
 from sam_jax.models.sam3_config import Sam3TextConfig
 from sam_jax.text import CLIPTokenizer

@@ -21,7 +21,8 @@ import torch
 from flax.traverse_util import flatten_dict
 
 from sam_jax.checkpoint import build_from_config, variable_shapes
-from sam_jax.config import VARIANTS, config_from_json, config_to_json
+from sam_jax.config import VARIANTS
+from sam_jax.config_json import config_from_json, config_to_json
 from sam_jax.convert.keymap import _torch_shape, state_dict_to_variables, torch_key
 from sam_jax.convert.sam3_keys import tracker_to_sam3_keys
 from tests.reference import nchw, randomize_, rel_err, to_nchw

@@ -326,7 +326,7 @@ def test_bundled_file_config_is_its_variant_entry(name):
     from safetensors import safe_open
 
     from sam_jax.checkpoint import bundled_models
-    from sam_jax.config import config_from_json
+    from sam_jax.config_json import config_from_json
 
     with safe_open(str(bundled_models()[name]), framework="numpy") as f:
         assert config_from_json(f.metadata()["config"]) == VARIANTS[name]

@@ -35,6 +35,7 @@ import numpy as np
 
 from sam_jax.models.layers import Table, layer_norm
 from sam_jax.models.sam3_config import Sam3DetectorConfig
+from sam_jax.models.sam3_detr_decoder import cxcywh_to_xyxy
 from sam_jax.models.sam3_encoder_layer import Sam3EncoderLayer
 
 
@@ -166,11 +167,6 @@ def box_sine_encoding(boxes: jnp.ndarray, num_feats: int) -> jnp.ndarray:
     return jnp.concatenate([sine(cy), sine(cx), h[..., None], w[..., None]], axis=-1)
 
 
-def _cxcywh_to_xyxy(boxes: jnp.ndarray) -> jnp.ndarray:
-    centre, half = boxes[..., :2], boxes[..., 2:] / 2
-    return jnp.concatenate([centre - half, centre + half], axis=-1)
-
-
 def insert_cls(tokens: jnp.ndarray, valid: jnp.ndarray, cls: jnp.ndarray):
     """(B, N, D) right-padded tokens, (B, N) valid, (D,) cls -> (B, N + 1, D) with cls at
     slot n_b = valid[b].sum(), slot N zero, other slots as given; valid (B, N + 1) = slot <= n_b."""
@@ -251,7 +247,7 @@ class Sam3GeometryEncoder(nn.Module):
         x = nn.Dense(d, dtype=dt, name="boxes_direct_project")(boxes)
         pooled = roi_align(
             layer_norm(1e-5, name="img_pre_norm")(image),
-            _cxcywh_to_xyxy(boxes) * jnp.asarray([w, h, w, h], jnp.float32),
+            cxcywh_to_xyxy(boxes) * jnp.asarray([w, h, w, h], jnp.float32),
             self.roi_size,
         )
         pool_proj = nn.Conv(
