@@ -61,23 +61,51 @@ class MLPBlock(nn.Module):
 class ConvTranspose2x2(nn.Module):
     """Kernel-2 stride-2 transposed convolution: each pixel becomes a 2x2 block.
 
-    Written as one einsum since the blocks never overlap. kernel: (2, 2, C_in, C_out).
-    (B, H, W, C_in) -> (B, 2H, 2W, C_out).
+    Written as one product since the blocks never overlap. kernel: (2, 2, C_in, C_out).
+    (B, H, W, C_in) -> (B, 2H, 2W, C_out); with `subpixel`, (..., C_in) -> (..., 2, 2, C_out),
+    the blocks left beside their pixel ([..., i, j, :] is output pixel (2y + i, 2x + j)), so a
+    caller that reduces the channels first can interleave fewer values (`interleave`).
     """
 
     features: int
     dtype: Any = None  # computation dtype; None: the input's
+    subpixel: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         x = x if self.dtype is None else x.astype(self.dtype)
-        b, h, w, c = x.shape
+        c = x.shape[-1]
         kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (2, 2, c, self.features), jnp.float32
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        y = jnp.einsum("bhwc,ijcd->bhiwjd", x, kernel.astype(x.dtype))
-        return y.reshape(b, 2 * h, 2 * w, self.features) + bias.astype(x.dtype)
+        y = jnp.einsum("...c,ijcd->...ijd", x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
+        return y if self.subpixel else interleave(y, 1)
+
+
+def interleave(x: jnp.ndarray, levels: int) -> jnp.ndarray:
+    """Sub-pixel blocks to an image: (B, h, w, [2, 2] * levels, C) -> (B, h * 2^levels,
+    w * 2^levels, C), block (i1, j1, i2, j2, ...) of pixel (y, x) landing on row
+    y 2^levels + i1 2^(levels-1) + i2 ..., and likewise for columns."""
+    b, h, w = x.shape[:3]
+    n = 2 * levels
+    rows = [3 + 2 * i for i in range(levels)]
+    cols = [4 + 2 * i for i in range(levels)]
+    x = x.transpose(0, 1, *rows, 2, *cols, *range(3 + n, x.ndim))
+    s = 2**levels
+    return x.reshape(b, h * s, w * s, *x.shape[3 + n :])
+
+
+def deinterleave(x: jnp.ndarray, levels: int) -> jnp.ndarray:
+    """The inverse of `interleave`: (B, H, W, C) -> (B, H / 2^levels, W / 2^levels,
+    [2, 2] * levels, C)."""
+    b, hh, ww = x.shape[:3]
+    s = 2**levels
+    x = x.reshape(b, hh // s, *([2] * levels), ww // s, *([2] * levels), *x.shape[3:])
+    rows = [2 + i for i in range(levels)]
+    cols = [3 + levels + i for i in range(levels)]
+    pairs = [a for rc in zip(rows, cols, strict=True) for a in rc]
+    return x.transpose(0, 1, 2 + levels, *pairs, *range(3 + 2 * levels, x.ndim))
 
 
 class DepthwiseConv(nn.Module):

@@ -269,7 +269,9 @@ class Sam2(nn.Module):
         in image mode, for `predict_masks(..., decoder_cache=...)` without mask inputs."""
         emb = features["vision_features"] + self.no_mem_embed.reshape(1, 1, 1, -1)
         dense = self.sam_prompt_encoder(1)[1]
-        return self.sam_mask_decoder.image_cache(emb + dense, self.sam_prompt_encoder.dense_pe())
+        return self.sam_mask_decoder.image_cache(
+            emb + dense, self.sam_prompt_encoder.dense_pe(), list(features["high_res_features"])
+        )
 
     def __call__(self, images: jnp.ndarray, **prompts) -> tuple[jnp.ndarray, ...]:
         return self.predict_masks(self.encode_image(images), **prompts)

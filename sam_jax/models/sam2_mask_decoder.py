@@ -5,7 +5,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sam_jax.models.layers import MLP, ConvTranspose2x2, Table, gelu, layer_norm
+from sam_jax.models.layers import MLP, ConvTranspose2x2, Table, deinterleave, gelu, layer_norm
+from sam_jax.models.mask_decoder import hypernetwork_masks
 from sam_jax.models.two_way_transformer import TwoWayTransformer
 
 
@@ -48,9 +49,9 @@ class Sam2MaskDecoder(nn.Module):
         self.iou_token = Table(1, d)
         self.mask_tokens = Table(self.num_mask_tokens, d)
         self.obj_score_token = Table(1, d)
-        self.output_upscaling_0 = ConvTranspose2x2(d // 4)
+        self.output_upscaling_0 = ConvTranspose2x2(d // 4, subpixel=True)
         self.output_upscaling_1 = layer_norm(1e-6)
-        self.output_upscaling_3 = ConvTranspose2x2(d // 8)
+        self.output_upscaling_3 = ConvTranspose2x2(d // 8, subpixel=True)
         # Projections of the two finest FPN levels, run once per image by the encoder.
         self.conv_s0 = nn.Conv(d // 8, (1, 1))
         self.conv_s1 = nn.Conv(d // 4, (1, 1))
@@ -69,9 +70,18 @@ class Sam2MaskDecoder(nn.Module):
         """(B, 4h, 4w, D), (B, 2h, 2w, D) -> (B, 4h, 4w, D/8), (B, 2h, 2w, D/4)."""
         return self.conv_s0(feat_s0), self.conv_s1(feat_s1)
 
-    def image_cache(self, image: jnp.ndarray, image_pe: jnp.ndarray) -> dict:
-        """Prompt-independent decoder work for `image` = embeddings + the dense prompt."""
-        return self.transformer.image_cache(image, image_pe)
+    def image_cache(
+        self,
+        image: jnp.ndarray,
+        image_pe: jnp.ndarray,
+        high_res_features: list[jnp.ndarray] | None = None,
+    ) -> dict:
+        """Prompt-independent decoder work for `image` = embeddings + the dense prompt, and
+        the high-res features in the upscaling's sub-pixel layout."""
+        cache = self.transformer.image_cache(image, image_pe)
+        if high_res_features is not None:
+            cache["high_res_subpixel"] = _subpixel(high_res_features)
+        return cache
 
     def predict_all(
         self,
@@ -106,22 +116,20 @@ class Sam2MaskDecoder(nn.Module):
         iou_token_out = hs[:, 1]
         mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens]
 
-        x = src.reshape(b, h, w, d)
-        x = self.output_upscaling_0(x)
+        x = self.output_upscaling_0(src.reshape(b, h, w, d))  # (b, h, w, 2, 2, d/4)
         if high_res_features is not None:
-            feat_s0, feat_s1 = high_res_features
+            cached = (cache or {}).get("high_res_subpixel")
+            feat_s0, feat_s1 = _subpixel(high_res_features) if cached is None else cached
             x = x + feat_s1
         x = gelu(self.output_upscaling_1(x))
-        x = self.output_upscaling_3(x)
+        x = self.output_upscaling_3(x)  # (b, h, w, 2, 2, 2, 2, d/8)
         if high_res_features is not None:
             x = x + feat_s0
-        x = gelu(x)  # (b, 4h, 4w, d/8)
-
         hyper_in = jnp.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             axis=1,
         )
-        masks = jnp.einsum("bmc,bhwc->bmhw", hyper_in, x)
+        masks = hypernetwork_masks(hyper_in, gelu(x))
         iou = self.iou_prediction_head(iou_token_out)
         object_score_logits = self.pred_obj_score_head(obj_token_out)
         return masks, iou, mask_tokens_out, object_score_logits
@@ -156,3 +164,10 @@ class Sam2MaskDecoder(nn.Module):
         masks_out = jnp.where(stable[..., None, None], single_masks, best_masks)
         iou_out = jnp.where(stable, single_iou, best_iou)
         return masks_out, iou_out, tokens[:, :1], obj
+
+
+def _subpixel(high_res_features: list[jnp.ndarray]) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """[(B, 4h, 4w, C0), (B, 2h, 2w, C1)] -> (B, h, w, 2, 2, 2, 2, C0), (B, h, w, 2, 2, C1):
+    the layouts of the upscaling they are added to."""
+    feat_s0, feat_s1 = high_res_features
+    return deinterleave(feat_s0, 2), deinterleave(feat_s1, 1)

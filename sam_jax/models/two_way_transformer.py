@@ -10,9 +10,14 @@ costs least, with the same weights and the same result up to float rounding:
 - image -> tokens (many queries, few keys): (x W_q) k^T = x (W_q k^T), and the values go
   through the output projection before the weighting, (A V) W_o = A (V W_o).
 
+Logits against the image keep the HW image tokens as their leading axis, (B, HW, H, Nt):
+only the few-token side is ever transposed, never the (HW, D) image (on CPU such transposes
+cost more than the products).
+
 The first layer's image-side projections do not depend on the prompt when there is no
-mask prompt; `image_cache` computes them once per image and `__call__(..., cache=...)` takes
-them, which is what a predictor with many prompts per image wants.
+mask prompt; `image_cache` computes them once per image (with the flattened positional
+encoding) and `__call__(..., cache=...)` takes them, which is what a predictor with many
+prompts per image wants.
 """
 
 from __future__ import annotations
@@ -70,7 +75,9 @@ class Attention(nn.Module):
     """Multi-head attention whose projections may shrink the width by `downsample_rate`.
 
     q (B, Nq, dim), k and v (B or 1, Nk, D_kv) -> (B, Nq, dim). The order of the products is
-    chosen by the shapes (module docstring); the result is the same up to rounding.
+    chosen by the shapes (module docstring); the result is the same up to rounding. Logits
+    over the image keep the image tokens as their leading axis, so the (HW, D) image is never
+    transposed: only the few-token side is.
     """
 
     dim: int
@@ -91,13 +98,19 @@ class Attention(nn.Module):
         kernel, bias = proj(x.shape[-1])
         return self._heads(x @ kernel + bias)
 
+    def _out(self, x: jnp.ndarray) -> jnp.ndarray:
+        wo, bo = self.out_proj(self.inner)
+        return x.reshape(*x.shape[:2], -1) @ wo + bo
+
     def keys_values(self, k: jnp.ndarray, v: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """Projected keys and values (B, Nk, H, d) (a cache for `__call__(kv=...)`)."""
-        return self._project(self.k_proj, k), self._project(self.v_proj, v)
+        """Projected keys (B, H, d, Nk) and values (B, H, Nk, d): a cache for
+        `__call__(kv=...)` with few queries."""
+        kh = self._project(self.k_proj, k).transpose(0, 2, 3, 1)
+        return kh, self._project(self.v_proj, v).transpose(0, 2, 1, 3)
 
     def queries(self, q: jnp.ndarray) -> jnp.ndarray:
-        """Projected queries (B, Nq, H, d) (a cache for `__call__(q_heads=...)`)."""
-        return self._project(self.q_proj, q)
+        """Projected queries (B, H, Nq, d): a cache for `__call__(q_heads=...)` with few keys."""
+        return self._project(self.q_proj, q).transpose(0, 2, 1, 3)
 
     def __call__(
         self,
@@ -107,48 +120,51 @@ class Attention(nn.Module):
         kv: tuple[jnp.ndarray, jnp.ndarray] | None = None,
         q_heads: jnp.ndarray | None = None,
     ) -> jnp.ndarray:
+        """`kv` = keys_values(k, v) and `q_heads` = queries(q), when cached."""
         few_q, few_k = _few(q.shape[1]), _few(k.shape[1])
-        if kv is None and q_heads is None and few_q and not few_k:
-            out = self._few_queries(q, k, v)
-        else:
-            qh = self.queries(q) if q_heads is None else q_heads
-            if kv is None and few_k and not few_q:
-                return self._few_keys(qh if q_heads is not None else None, q, k, v)
-            kh, vh = self.keys_values(k, v) if kv is None else kv
-            b = max(qh.shape[0], kh.shape[0])
-            kh, vh = (jnp.broadcast_to(a, (b, *a.shape[1:])) for a in (kh, vh))
-            out = attention(jnp.broadcast_to(qh, (b, *qh.shape[1:])), kh, vh)
-        wo, bo = self.out_proj(self.inner)
-        return out.reshape(*out.shape[:2], -1) @ wo + bo
+        if few_q and not few_k:
+            return self._out(self._few_queries(q, k, v, kv))
+        if few_k and not few_q:
+            return self._few_keys(q, k, v, q_heads)
+        qh = self._project(self.q_proj, q)
+        kh, vh = self._project(self.k_proj, k), self._project(self.v_proj, v)
+        b = max(qh.shape[0], kh.shape[0])
+        qh, kh, vh = (jnp.broadcast_to(a, (b, *a.shape[1:])) for a in (qh, kh, vh))
+        return self._out(attention(qh, kh, vh))
 
-    def _few_queries(self, q, k, v) -> jnp.ndarray:
-        """(B, Nq, H, d) without projecting the Nk keys and values."""
-        qh = self.queries(q)
+    def _few_queries(self, q, k, v, kv) -> jnp.ndarray:
+        """(B, Nq, H, d): few queries over many keys, without projecting the keys and values
+        unless `kv` holds them."""
+        qh = self._project(self.q_proj, q)
+        scale = qh.shape[-1] ** -0.5
+        if kv is not None:
+            a = jax.nn.softmax(_bdot("bqhd,bhdk->bhqk", qh * scale, kv[0]), axis=-1)
+            return _bdot("bhqk,bhkd->bqhd", a, kv[1])
         wk, bk = self.k_proj(k.shape[-1])
         wv, bv = self.v_proj(v.shape[-1])
-        scale = qh.shape[-1] ** -0.5
-        qk = jnp.einsum("bqhd,chd->bhqc", qh, self._heads(wk))  # q W_k^T per head
-        logits = _bdot("bhqc,bkc->bhqk", qk, k)
-        logits = logits + jnp.einsum("bqhd,hd->bhq", qh, self._heads(bk))[..., None]
-        a = jax.nn.softmax(logits * scale, axis=-1)
-        av = _bdot("bhqk,bkc->bhqc", a, v)
+        qk = jnp.einsum("bqhd,chd->bchq", qh, self._heads(wk))  # q W_k^T per head
+        logits = _bdot("bkc,bchq->bkhq", k, qk)  # (B, Nk, H, Nq)
+        logits = logits + jnp.einsum("bqhd,hd->bhq", qh, self._heads(bk))[:, None]
+        a = jax.nn.softmax(logits * scale, axis=1)
+        av = _bdot("bkhq,bkc->bhqc", a, v)
         return jnp.einsum("bhqc,chd->bqhd", av, self._heads(wv)) + self._heads(bv)
 
-    def _few_keys(self, qh, q, k, v) -> jnp.ndarray:
-        """(B, Nq, D) with the Nq queries reduced against the few keys' projections."""
-        kh, vh = self.keys_values(k, v)  # (B, Nk, H, d)
+    def _few_keys(self, q, k, v, q_heads) -> jnp.ndarray:
+        """(B, Nq, dim): many queries over few keys, reduced against the keys' projections
+        (`q_heads`: the queries' projections, when cached)."""
+        kh, vh = self._project(self.k_proj, k), self._project(self.v_proj, v)  # (B, Nk, H, d)
         scale = kh.shape[-1] ** -0.5
-        if qh is not None:
-            logits = _bdot("bnhd,bkhd->bhnk", qh, kh)
+        if q_heads is not None:
+            logits = _bdot("bhnd,bkhd->bnhk", q_heads, kh)
         else:
             wq, bq = self.q_proj(q.shape[-1])
-            wqk = jnp.einsum("chd,bkhd->bhck", self._heads(wq), kh)  # W_q k^T per head
-            logits = _bdot("bnc,bhck->bhnk", q, wqk)
-            logits = logits + jnp.einsum("hd,bkhd->bhk", self._heads(bq), kh)[:, :, None]
-        a = jax.nn.softmax(logits * scale, axis=-1)  # (B, H, Nq, Nk)
+            wqk = jnp.einsum("chd,bkhd->bchk", self._heads(wq), kh)  # W_q k^T per head
+            logits = _bdot("bnc,bchk->bnhk", q, wqk)
+            logits = logits + jnp.einsum("hd,bkhd->bhk", self._heads(bq), kh)[:, None]
+        a = jax.nn.softmax(logits * scale, axis=-1)  # (B, Nq, H, Nk)
         wo, bo = self.out_proj(self.inner)
         vo = jnp.einsum("bkhd,hdo->bhko", vh, self._heads(wo.T).transpose(1, 2, 0))
-        return jnp.einsum("bhnk,bhko->bno", a, vo) + bo
+        return _bdot("bnhk,bhko->bno", a, vo) + bo
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -236,12 +252,15 @@ class TwoWayTransformer(nn.Module):
         return image.reshape(b, h * w, d), pe.reshape(-1, h * w, d)
 
     def image_cache(self, image: jnp.ndarray, image_pe: jnp.ndarray) -> dict:
-        """The first layer's projections of the image (B, H, W, D) (module docstring)."""
+        """The first layer's projections of the image (B, H, W, D) (module docstring) and the
+        flattened positional encoding."""
         keys, key_pe = self._flat(image, image_pe)
-        return self.layers[0].image_cache(keys, key_pe)
+        return {**self.layers[0].image_cache(keys, key_pe), "key_pe": key_pe}
 
     def __call__(self, image, image_pe, tokens, cache: dict | None = None):
         keys, key_pe = self._flat(image, image_pe)
+        if cache is not None:
+            key_pe = cache["key_pe"]
         queries = tokens
         for i, layer in enumerate(self.layers):
             queries, keys = layer(queries, keys, tokens, key_pe, cache if i == 0 else None)

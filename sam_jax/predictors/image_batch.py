@@ -64,7 +64,7 @@ def check_mask_threshold(value: Any) -> float:
 @dataclasses.dataclass(frozen=True)
 class EncodedImage:
     """One encoded image as the decoder needs it: the model's features of a batch of one (an
-    array for SAM, a dict for SAM 2), the fast decoder's per-image cache (None for SAM 2),
+    array for SAM, a dict for SAM 2), the decoder's per-image work (`decoder_cache`),
     the original (H, W), the letterbox ratio and the taps taking (m, m) maps to (H, W)."""
 
     features: Any
