@@ -20,8 +20,10 @@ def layer_norm(eps: float = 1e-5, name: str | None = None, dtype: Any = None) ->
 
 
 def gelu(x: jnp.ndarray) -> jnp.ndarray:
-    """torch.nn.GELU's default, the exact erf form."""
-    return jax.nn.gelu(x, approximate=False)
+    """torch.nn.GELU's default, the exact erf form x (1 + erf(x / sqrt 2)) / 2, written as
+    torch computes it: `jax.nn.gelu(approximate=False)` goes through erfc, which XLA:CPU
+    evaluates more slowly (mobile_sam's encoder took about 10% longer)."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (2.0**-0.5)))
 
 
 class MLP(nn.Module):
