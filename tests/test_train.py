@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -528,14 +529,18 @@ def test_sam_loss_weights_leave_padding_out():
     assert not np.any(np.asarray(g0)) and bool(jnp.isfinite(g0).all())
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _loss_and_grads(model, variables, images, targets, key, valid=None):
+    """((loss, metrics), gradients of the parameters) of the interactive loss with one
+    corrective click. The data are arguments, not constants of the program: calls with the
+    same shapes (other targets, another key) share one compiled program."""
     from sam_jax.train.step import interactive_loss
 
     def loss(params):
         v = {**variables, "params": params}
         return interactive_loss(model, v, images, targets, key, 1, valid=valid)
 
-    return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    return jax.value_and_grad(loss, has_aux=True)(variables["params"])
 
 
 def test_padding_objects_add_no_loss_gradient_or_metric():
