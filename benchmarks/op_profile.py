@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("what", choices=("encoder", "decoder"))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--ops", action="store_true", help="also list the slowest operations")
     args = ap.parse_args()
     fn, fn_args = program(args.variant, args.what)
     times = op_times(fn, fn_args, args.runs)
@@ -107,6 +108,11 @@ def main() -> None:
     print("\nby source:")
     for k, t in by_source.most_common(args.top):
         print(f"  {t / 1e3:9.2f} ms  {k}")
+    if args.ops:
+        print("\nby operation (its source):")
+        ops = collections.Counter({n: t for n, t in times.items() if n in names})
+        for n, t in ops.most_common(args.top):
+            print(f"  {t / 1e3:9.2f} ms  {n:<32s} {names[n][-90:]}")
 
 
 if __name__ == "__main__":

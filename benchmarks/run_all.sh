@@ -10,5 +10,5 @@ lscpu | grep -E "Model name|^CPU\(s\)"
 "$PY" benchmarks/bench_sam.py --repeats 3
 "$PY" benchmarks/bench_mobile_sam.py --repeats 3
 "$PY" benchmarks/bench_sam2.py sam2.1_t --runs 3
-"$PY" benchmarks/bench_predictor.py --rounds 10 --gen-rounds 1
+"$PY" benchmarks/bench_predictor.py --rounds 4 --calls 5 --gen-rounds 1
 "$PY" benchmarks/bench_video.py --frames 16 --skip-memory
