@@ -3,9 +3,9 @@ ultralytics' SAM3Model, every parameter and buffer random.
 
 A reduced tracker (ViT 2 x 64 at 112 px, a 8 x 8 grid) covers the encoder's tracker neck, the
 SAM heads for every prompt kind and a whole video session (two objects prompted on
-different frames, propagation, a correction, reverse tracking) through VideoPredictor against
-the reference's track_step. The full-size tracker's shapes and a full-size forward run in
-tests/test_sam3_full.py.
+different frames, propagation, a correction, reverse tracking; and one with mask prompts, whose
+outputs are S/4 wide, not 4g) through VideoPredictor against the reference's track_step. The
+full-size tracker's shapes and a full-size forward run in tests/test_sam3_full.py.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from sam_jax.config import VARIANTS
 from sam_jax.config_json import config_from_json, config_to_json
 from sam_jax.convert.keymap import _torch_shape, state_dict_to_variables, torch_key
 from sam_jax.convert.sam3_keys import tracker_to_sam3_keys
+from sam_jax.predictors.resample import resample, unletterbox_taps
 from tests.reference import nchw, randomize_, rel_err, to_nchw
 from tests.reference_sam3 import build_reference_sam3_tracker, tracker_state_dict
 from tests.test_video import Session, Setup, _video
@@ -128,6 +129,91 @@ def test_tracker_video_session_matches_reference():
     assert sess.propagate("reverse", start_frame_idx=5, reverse=True) == list(range(5, -1, -1))
     sess.report("sam3 tracker small")
     assert sess.present > 0
+
+
+class _GridSession(Session):
+    """A Session whose reference logits may differ in size per object (a mask prompt's
+    output is S/4 wide, the SAM heads' 4g): each is mapped to the frame at its own size
+    (the reference predictor's resize of its low-res masks to the original image)."""
+
+    def _check(self, tag: str, ours: np.ndarray, ref_low: dict) -> None:
+        st = self.state
+        hw, theirs = (st.video_height, st.video_width), []
+        for i in st.obj_ids:
+            taps = unletterbox_taps(*hw, SMALL.image_size, ref_low[i].shape[-1])
+            theirs.append(np.asarray(resample(jnp.asarray(ref_low[i]), *taps)))
+        err, iou = 0.0, 1.0
+        for a, b in zip(ours, theirs, strict=True):
+            err = max(err, rel_err(a, b))
+            union = ((a > 0) | (b > 0)).sum()
+            if union:
+                iou = min(iou, float(((a > 0) & (b > 0)).sum() / union))
+            self.present += int((b > 0).any())
+            self.total += 1
+        self.errors[tag], self.ious[tag] = err, iou
+        assert err <= LOGIT_TOL and iou >= 0.99, (tag, err, iou)
+
+
+@pytest.mark.torch
+def test_tracker_mask_prompt_session_matches_reference():
+    """Mask prompts on a letterboxed video (90 x 112 at S = 112: the S/4 = 28 grid maps
+    to 22.5 rows): a mask starting an object, a click starting another, propagation
+    (the mask's memory), a mask correction on a tracked frame (kept in the disk history),
+    a click correcting the mask's frame (the mask output fed back as the previous
+    logits), re-propagation and reverse tracking: every frame's logits per object."""
+    setup = _setup()
+    s, h = SMALL.image_size, 90
+    assert s // 4 != SMALL.mask_input_size  # 28 vs 32: the case where the grids differ
+    sess = _GridSession(setup, _video(5, h, s, seed=7), chunk_size=4, history="disk")
+    yy, xx = np.mgrid[:h, :s]
+    disc = (xx - 0.28 * s) ** 2 + (yy - 0.41 * h) ** 2 < (0.13 * s) ** 2
+    rect = (np.abs(xx - 0.64 * s) < 0.12 * s) & (np.abs(yy - 0.65 * h) < 0.16 * h)
+    sess.mask(1, 1, disc)
+    sess.points(0, 2, [[0.7 * s, 0.65 * h]], [1])
+    assert sess.propagate("fwd") == list(range(5))
+    sess.mask(3, 2, rect)
+    sess.points(1, 1, [[0.3 * s, 0.4 * h]], [0])
+    assert sess.propagate("re-prop", start_frame_idx=0) == list(range(5))
+    assert sess.propagate("reverse", start_frame_idx=4, reverse=True) == list(range(4, -1, -1))
+    sess.report("sam3 tracker mask prompts")
+    assert sess.present > 0
+    assert max(sess.errors["mask f1 obj1"], sess.errors["mask f3 obj2"]) < 1e-5
+    # clearing a mask-started frame moves its S/4-wide output to the history unchanged
+    _, _, before = sess.vp.add_new_mask(sess.state, 2, 3, disc)
+    sess.vp.propagate_in_video_preflight(sess.state)  # a conditioning frame now
+    _, _, after = sess.vp.clear_all_prompts_in_frame(sess.state, 2, 3)
+    np.testing.assert_array_equal(after, before)
+    assert sess.state.history.low_res(sess.state.tracks[3].key, 2).shape == (s // 4, s // 4)
+
+
+@pytest.mark.parametrize("backend", ["ram", "disk", "ring"])
+def test_history_keeps_a_smaller_grid(tmp_path, backend: str):
+    """Stores hold (k, k) logits with k <= m (a SAM 3 mask prompt's S/4 output) in their
+    fixed (m, m) records and give them back as put, also after a full-size put over
+    another frame's; a full-size put over one gives (m, m) again; k > m is refused."""
+    from sam_jax.predictors.history import make_history
+    from sam_jax.predictors.ring_history import RingHistory
+
+    g, m, c, d = 2, 8, 3, 4
+    if backend == "ring":
+        store = RingHistory(4, g, m, c, d)
+    else:
+        store = make_history(backend, 5, g, m, c, d, ram_limit=0, directory=str(tmp_path))
+    rng = np.random.default_rng(0)
+    small, full = rng.standard_normal((5, 5)), rng.standard_normal((m, m))
+    mem, ptr = np.zeros((g, g, c)), np.zeros(d)
+    store.put(0, 1, mem, small, ptr, 1.0)
+    store.put(0, 2, mem, full, ptr, 1.0)
+    np.testing.assert_array_equal(store.low_res(0, 1), small.astype(np.float32))
+    np.testing.assert_array_equal(store.low_res(0, 2), full.astype(np.float32))
+    store.put(0, 1, mem, full, ptr, 1.0)
+    assert store.low_res(0, 1).shape == (m, m)
+    store.put(0, 3, mem, small, ptr, 1.0)
+    store.drop(0, 3)
+    assert not store.has(0, 3)
+    with pytest.raises(ValueError, match="k <= 8"):
+        store.put(0, 0, mem, np.zeros((m + 1, m + 1)), ptr, 1.0)
+    store.close()
 
 
 def test_sam3_config_round_trip_and_grid():

@@ -2,7 +2,8 @@
 
 For every object (an integer key) and every frame it was tracked on as a non-conditioning
 frame, the history holds the frame's spatial memory (g, g, mem_dim), low-resolution logits
-(m, m), object pointer (ptr_dim,) and object score, so that propagation can resume, or be
+(k, k) with k <= m (m = 4g from the SAM heads; a SAM 3 mask prompt's output is S/4 < 4g
+wide), object pointer (ptr_dim,) and object score, so that propagation can resume, or be
 re-run, from any frame. The video stores keep pointers and scores in RAM (a few hundred bytes
 per frame); they differ in where the two large arrays live:
 
@@ -52,8 +53,9 @@ class FrameHistory(abc.ABC):
 
     put(key, f, maskmem, low_res, ptr, score) stores or overwrites frame f's entry; has
     says whether it exists (between `put` and `drop`/`remove`/`clear`); reads return
-    float32 arrays: maskmem (g, g, mem_dim), low_res (m, m), ptr (ptr_dim,), and score a
-    float. Reading a missing entry is an error of the caller (check `has` first). drop
+    float32 arrays: maskmem (g, g, mem_dim), low_res (k, k) as put (k <= m; stored in an
+    (m, m) record, so what a store holds does not depend on k), ptr (ptr_dim,), and
+    score a float. Reading a missing entry is an error of the caller (check `has` first). drop
     forgets one entry, remove every entry of an object (both no-ops where there is none);
     keys lists the objects holding entries; ram_bytes counts the bytes held in the
     process's memory.
@@ -102,6 +104,19 @@ class FrameHistory(abc.ABC):
     @abc.abstractmethod
     def ram_bytes(self) -> int: ...
 
+    def _low_record(self, low_res: np.ndarray) -> tuple[np.ndarray, int]:
+        """(k, k) logits -> ((m, m) float32 record with them top-left, zeros elsewhere, k).
+        ValueError unless square with k <= m."""
+        a = np.asarray(low_res, np.float32)
+        k, m = a.shape[-1], self.mask_size
+        if a.shape != (k, k) or k > m:
+            raise ValueError(f"low_res must be (k, k) with k <= {m}, got {a.shape}")
+        if k == m:
+            return np.ascontiguousarray(a), k
+        record = np.zeros((m, m), np.float32)
+        record[:k, :k] = a
+        return record, k
+
     def clear(self) -> None:
         """Forget every entry of every object."""
         for key in self.keys():
@@ -123,10 +138,16 @@ class _VideoHistory(FrameHistory):
         super().__init__(grid, mask_size, mem_dim, ptr_dim)
         self.num_frames = num_frames
         self._pointers: dict[int, _Pointers] = {}
+        self._small: dict[int, dict[int, int]] = {}  # key -> frame -> k where k < m (rare)
 
     # -- what each store implements: the spatial memories and logits
     @abc.abstractmethod
-    def _write(self, key: int, f: int, maskmem: np.ndarray, low_res: np.ndarray) -> None: ...
+    def _write(self, key: int, f: int, maskmem: np.ndarray, low_res: np.ndarray) -> None:
+        """Store frame f's maskmem (g, g, mem_dim) and (m, m) logits record."""
+
+    @abc.abstractmethod
+    def _read_low(self, key: int, f: int) -> np.ndarray:
+        """Frame f's (m, m) logits record."""
 
     @abc.abstractmethod
     def _forget(self, key: int, f: int) -> None:
@@ -156,14 +177,15 @@ class _VideoHistory(FrameHistory):
                 score=np.zeros((t,), np.float32),
                 has=np.zeros((t,), bool),
             )
+        record, k = self._low_record(low_res)
         p = self._pointers[key]
         p.ptr[f], p.score[f], p.has[f] = ptr, score, True
-        self._write(
-            key,
-            f,
-            np.ascontiguousarray(maskmem, np.float32),
-            np.ascontiguousarray(low_res, np.float32),
-        )
+        small = self._small.setdefault(key, {})
+        if k < self.mask_size:
+            small[f] = k
+        else:
+            small.pop(f, None)
+        self._write(key, f, np.ascontiguousarray(maskmem, np.float32), record)
 
     def has(self, key: int, f: int) -> bool:
         """Whether frame f holds an entry for object `key` (False outside the video)."""
@@ -173,7 +195,12 @@ class _VideoHistory(FrameHistory):
     def drop(self, key: int, f: int) -> None:
         if key in self._pointers:
             self._pointers[key].has[f] = False
+            self._small.get(key, {}).pop(f, None)
             self._forget(key, f)
+
+    def low_res(self, key: int, f: int) -> np.ndarray:
+        k = self._small.get(key, {}).get(f, self.mask_size)
+        return self._read_low(key, f)[:k, :k]
 
     def ptr(self, key: int, f: int) -> np.ndarray:
         return self._pointers[key].ptr[f]
@@ -185,6 +212,7 @@ class _VideoHistory(FrameHistory):
         return list(self._pointers)
 
     def remove(self, key: int) -> None:
+        self._small.pop(key, None)
         if self._pointers.pop(key, None) is not None:
             self._release(key)
 
@@ -224,7 +252,7 @@ class RamHistory(_VideoHistory):
     def maskmem(self, key: int, f: int) -> np.ndarray:
         return self._mem[key][f]
 
-    def low_res(self, key: int, f: int) -> np.ndarray:
+    def _read_low(self, key: int, f: int) -> np.ndarray:
         return self._low[key][f]
 
 
@@ -296,7 +324,7 @@ class DiskHistory(_VideoHistory):
     def maskmem(self, key: int, f: int) -> np.ndarray:
         return self._read(self._fds[key][0], f, (self.grid, self.grid, self.mem_dim))
 
-    def low_res(self, key: int, f: int) -> np.ndarray:
+    def _read_low(self, key: int, f: int) -> np.ndarray:
         return self._read(self._fds[key][1], f, (self.mask_size, self.mask_size))
 
     def close(self) -> None:

@@ -42,12 +42,14 @@ class RingHistory(FrameHistory):
             self._data[key] = {
                 "maskmem": np.zeros((c, g, g, self.mem_dim), np.float32),
                 "low_res": np.zeros((c, m, m), np.float32),
+                "low_size": np.zeros((c,), np.int32),  # k of the (k, k) logits put
                 "ptr": np.zeros((c, self.ptr_dim), np.float32),
                 "score": np.zeros((c,), np.float32),
             }
+        record, k = self._low_record(low_res)
         s, data = f % c, self._data[key]
         self._frames[key][s] = f
-        data["maskmem"][s], data["low_res"][s] = maskmem, low_res
+        data["maskmem"][s], data["low_res"][s], data["low_size"][s] = maskmem, record, k
         data["ptr"][s], data["score"][s] = ptr, score
 
     def has(self, key: int, f: int) -> bool:
@@ -67,7 +69,8 @@ class RingHistory(FrameHistory):
         return self._read(key, f, "maskmem")
 
     def low_res(self, key: int, f: int) -> np.ndarray:
-        return self._read(key, f, "low_res")
+        k = int(self._read(key, f, "low_size"))
+        return self._read(key, f, "low_res")[:k, :k]
 
     def ptr(self, key: int, f: int) -> np.ndarray:
         return self._read(key, f, "ptr")

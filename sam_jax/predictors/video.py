@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import collections
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -51,7 +51,6 @@ from sam_jax.convert.hf_reader import is_image_only
 from sam_jax.predictors import video_compiled as compiled
 from sam_jax.predictors import video_propagation as vprop
 from sam_jax.predictors.history import HISTORY_KINDS, make_history
-from sam_jax.predictors.resample import unletterbox_taps
 from sam_jax.predictors.video_prompts import mask_prompt, object_calls, point_prompt
 from sam_jax.predictors.video_state import ObjectTrack, PromptOutput, VideoState
 from sam_jax.tracking.memory_bank import MemoryBank, bank_from_history, bucket, empty_bank
@@ -107,6 +106,8 @@ class VideoPredictor:
         self.image_size = int(cfg.image_size)
         self.grid = cfg.embed_size
         self.mask_size = cfg.mask_input_size
+        # a mask prompt's output grid: S/4 as in the reference (4g for SAM 2, < 4g for SAM 3)
+        self.mask_output_size = self.image_size // 4
         self.chunk_size = int(chunk_size)
         self.encode_in_scan = encode_in_scan
         self.encode_batch = max(1, int(encode_batch))
@@ -251,22 +252,19 @@ class VideoPredictor:
 
     # ------------------------------------------------------------------ outputs
 
-    def _video_logits(self, state: VideoState, low_res: np.ndarray) -> np.ndarray:
-        """(n, m, m) low-res logits -> (n, H, W) float32 logits at the video's size."""
-        if state.taps is None:
-            state.taps = unletterbox_taps(
-                state.video_height, state.video_width, self.image_size, self.mask_size
-            )
-        return compiled.video_logits(low_res, state.taps, self.non_overlap_masks)
+    def _video_logits(self, state: VideoState, low_res: Sequence[np.ndarray]) -> np.ndarray:
+        """Per object (k, k) low-res logits (k = m, or S/4 for a mask prompt's output: an
+        (n, m, m) array or a list) -> (n, H, W) float32 logits at the video's size."""
+        sizes = {self.mask_size, *(a.shape[-1] for a in low_res)}
+        taps = {k: state.video_taps(k) for k in sizes}
+        return compiled.video_logits(low_res, taps, self.non_overlap_masks)
 
     def _frame_logits(self, state: VideoState, f: int) -> tuple[int, list, np.ndarray]:
         """(f, obj_ids, logits (num_objects, H, W)): every object's current output on f."""
-        low = np.full((len(state.tracks), self.mask_size, self.mask_size), NO_OBJ_SCORE)
-        for i, tr in enumerate(state.tracks.values()):
-            cur = tr.current_low_res(state.history, f)
-            if cur is not None:
-                low[i] = cur
-        return f, state.obj_ids, self._video_logits(state, low.astype(np.float32))
+        absent = np.full((self.mask_size, self.mask_size), NO_OBJ_SCORE, np.float32)
+        low = [tr.current_low_res(state.history, f) for tr in state.tracks.values()]
+        low = [absent if x is None else x for x in low]
+        return f, state.obj_ids, self._video_logits(state, low)
 
     # ------------------------------------------------------------------ prompts
 
@@ -348,7 +346,8 @@ class VideoPredictor:
         self, state: VideoState, frame_idx: int, obj_id: Any, mask: Any
     ) -> tuple[int, list, np.ndarray]:
         """A mask (H, W) bool for object `obj_id` on `frame_idx`, used as that frame's
-        output (letterboxed with nearest-neighbour resizing, as the reference prompts are).
+        output (letterboxed with nearest-neighbour resizing, then S/4 wide low-res logits,
+        as the reference's; for SAM 3 that is less than the SAM heads' 4g).
         Several objects: obj_id a list of K ids and mask (K, H, W) or a list of K masks.
         Returns (frame_idx, obj_ids, logits (num_objects, H, W))."""
         state.check_open()
@@ -361,7 +360,9 @@ class VideoPredictor:
             tr.points.pop(f, None)
             _, _, is_cond = tr.prompt_kind(f, self.add_all_frames_to_correct_as_cond)
             vis, h0, h1 = self._features(state, f)
-            low, ptr, score = self._mask_prompt(vis, h0, h1, jnp.asarray(mk)[None])
+            low, ptr, score = self._mask_prompt(
+                vis, h0, h1, jnp.asarray(mk)[None], low_size=self.mask_output_size
+            )
             out = PromptOutput(np.asarray(low[0]), np.asarray(ptr[0]), float(score[0]), is_cond)
             tr.temp[f] = out
         return self._frame_logits(state, f)

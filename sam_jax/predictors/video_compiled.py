@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import functools
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,11 +45,12 @@ def prompt_frame(model, params, *args, is_init, multimask):
     return model.apply(params, *args, is_init, multimask, method=prompt_frame_impl)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def mask_prompt(model, params, *args):
-    """A mask on a frame -> (low-res logits, pointer, object score) (`mask_prompt_impl`)."""
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("low_size",))
+def mask_prompt(model, params, *args, low_size):
+    """A mask on a frame -> (low-res logits (1, low_size, low_size), pointer, object score)
+    (`mask_prompt_impl`)."""
     TRACE_COUNTS["mask_prompt"] += 1
-    return model.apply(params, *args, method=mask_prompt_impl)
+    return model.apply(params, *args, low_size, method=mask_prompt_impl)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -65,24 +67,38 @@ def scan_chunk(model, params, bank, chunk, table, non_overlap_for_memory):
     return propagate_chunk(model, params, bank, chunk, table, non_overlap_for_memory)
 
 
-@functools.partial(jax.jit, static_argnums=(3,))
-def _to_video(low_res, valid, taps, non_overlap):
+@functools.partial(jax.jit, static_argnums=(4,))
+def _to_video(low_res, valid, grid, tap_sets, non_overlap):
+    """low_res (n, M, M): row i holds its map top-left, read by tap_sets[grid[i]]."""
     TRACE_COUNTS["to_video"] += 1
-    x = resample(low_res, *taps)
+    x = resample(low_res, *tap_sets[0])
+    for i, taps in enumerate(tap_sets[1:], 1):  # rows of a smaller grid (SAM 3 mask prompts)
+        x = jnp.where((grid == i)[:, None, None], resample(low_res, *taps), x)
     if non_overlap:
         x = apply_non_overlapping_constraints(x, valid)
     return x
 
 
-def video_logits(low_res: np.ndarray, taps: tuple[Taps, Taps], non_overlap: bool) -> np.ndarray:
-    """(n, m, m) low-res logits -> (n, H, W) float32 logits at the video's size, with
-    `taps` from `unletterbox_taps`; non_overlap keeps each pixel for the highest-scoring
-    object only. Compiled per bucketed n."""
-    n, m = low_res.shape[0], low_res.shape[-1]
+def video_logits(
+    low_res: Sequence[np.ndarray], taps: Mapping[int, tuple[Taps, Taps]], non_overlap: bool
+) -> np.ndarray:
+    """Per object (k, k) low-res logits (an (n, m, m) array, or a list whose k may differ)
+    -> (n, H, W) float32 logits at the video's size, with taps[k] from `unletterbox_taps`
+    for each k present (any one entry when n = 0); non_overlap keeps each pixel for the
+    highest-scoring object only, after the resize. Compiled per bucketed n and set of
+    sizes."""
+    n = len(low_res)
     if n == 0:
-        return np.zeros((0, taps[0][0].shape[0], taps[1][0].shape[0]), np.float32)
-    nb = bucket(n)
+        th, tw = next(iter(taps.values()))
+        return np.zeros((0, th[0].shape[0], tw[0].shape[0]), np.float32)
+    sizes = sorted({a.shape[-1] for a in low_res}, reverse=True)
+    nb, m = bucket(n), sizes[0]
     x = np.full((nb, m, m), NO_OBJ_SCORE, np.float32)
-    x[:n] = low_res
+    grid = np.zeros((nb,), np.int32)
+    for i, a in enumerate(low_res):
+        k = a.shape[-1]
+        x[i, :k, :k], grid[i] = a, sizes.index(k)
     valid = np.arange(nb) < n
-    return np.asarray(_to_video(jnp.asarray(x), jnp.asarray(valid), taps, non_overlap))[:n]
+    tap_sets = tuple(taps[k] for k in sizes)
+    out = _to_video(jnp.asarray(x), jnp.asarray(valid), jnp.asarray(grid), tap_sets, non_overlap)
+    return np.asarray(out)[:n]

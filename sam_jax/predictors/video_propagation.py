@@ -167,21 +167,21 @@ def file_chunk_outputs(
     kind: np.ndarray,
     outs,
     reverse: bool,
-) -> Iterator[tuple[int, np.ndarray]]:
+) -> Iterator[tuple[int, list[np.ndarray]]]:
     """Per frame of a finished chunk, in order: file the tracked outputs in the history,
-    mark the frame tracked, and yield (frame, low-res logits (len(tracks), m, m)), with the
-    prompted output where the frame is a conditioning or stored one."""
+    mark the frame tracked, and yield (frame, per track its (k, k) low-res logits), with
+    the prompted output where the frame is a conditioning or stored one (k = m, or S/4 for
+    a mask prompt's output)."""
     outs = jax.device_get(outs)
-    m = history.mask_size
     for i, f in enumerate(frames):
-        low = np.empty((len(tracks), m, m), np.float32)
+        low = []
         for j, tr in enumerate(tracks):
             if kind[i, j] == COND:
-                low[j] = tr.cond[f].low_res
+                low.append(tr.cond[f].low_res)
             elif kind[i, j] == STORED:
-                low[j] = history.low_res(tr.key, f)
+                low.append(history.low_res(tr.key, f))
             else:
-                low[j] = outs.low_res_masks[i, j]
+                low.append(outs.low_res_masks[i, j])
                 history.put(
                     tr.key,
                     f,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from sam_jax.predictors.history import FrameHistory
+from sam_jax.predictors.resample import unletterbox_taps
 from sam_jax.transforms import letterbox, letterbox_geometry
 from sam_jax.video_io import FrameSource
 
@@ -25,7 +26,7 @@ class PromptOutput:
     """A prompted frame's output for one object; `maskmem` is set once it is encoded into
     memory (at the start of the next propagation)."""
 
-    low_res: np.ndarray  # (m, m) float32 logits
+    low_res: np.ndarray  # (k, k) float32 logits: k = m, or S/4 (< m for SAM 3) for a mask
     ptr: np.ndarray  # (d_model,) object pointer
     score: float  # object score logit
     is_cond: bool  # a conditioning frame (else a correction kept as non-conditioning)
@@ -60,8 +61,9 @@ class ObjectTrack:
         return is_init, reverse, is_init or correct_as_cond or f in self.cond
 
     def current_low_res(self, history: FrameHistory, f: int) -> np.ndarray | None:
-        """The newest (m, m) logits on frame f: a prompt's since the last propagation, a
-        conditioning frame's, else the history's; None if the object has none there."""
+        """The newest (k, k) logits on frame f (see `PromptOutput.low_res`): a prompt's
+        since the last propagation, a conditioning frame's, else the history's; None if
+        the object has none there."""
         if f in self.temp:
             return self.temp[f].low_res
         if f in self.cond:
@@ -98,8 +100,8 @@ class VideoState:
     image_size: the model's input size S; ratio: the letterbox scale from video to model
     pixels; tracks: obj_id -> ObjectTrack in the order objects were added; history: the
     tracked frames' outputs; features: a small LRU cache frame -> encoder features; taps:
-    resampling of low-res logits to the video's size (made on first use); closed: set by
-    `VideoPredictor.close`, after which every predictor method refuses the state.
+    grid size k -> `video_taps(k)`; closed: set by `VideoPredictor.close`, after which
+    every predictor method refuses the state.
     """
 
     def __init__(self, frames: FrameSource, image_size: int, history: FrameHistory) -> None:
@@ -111,9 +113,17 @@ class VideoState:
         self.tracks: dict[Any, ObjectTrack] = {}
         self.history = history
         self.features: collections.OrderedDict = collections.OrderedDict()
-        self.taps = None
+        self.taps: dict[int, tuple] = {}
         self.closed = False
         self._next_key = 0
+
+    def video_taps(self, k: int) -> tuple:
+        """(taps_h, taps_w) resampling (k, k) low-res logits over the letterboxed frame to
+        the video's size (`unletterbox_taps`), made on first use."""
+        if k not in self.taps:
+            hw = (self.video_height, self.video_width)
+            self.taps[k] = unletterbox_taps(*hw, self.image_size, k)
+        return self.taps[k]
 
     def check_open(self) -> None:
         """ValueError if the session was closed."""

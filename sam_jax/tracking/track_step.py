@@ -20,7 +20,8 @@ Semantics (those of ultralytics' `SAM2Model`; docs/reference.md):
   point (box corners count as points) and, past the initial conditioning frame,
   `multimask_output_for_tracking`;
 * a mask prompt is used as the output directly (`use_mask_input_as_output_without_sam`):
-  logits +-10, downsampled with antialiasing; the pointer comes from the SAM heads fed the
+  logits +-10, downsampled with antialiasing (to a quarter of the mask's side in the
+  reference, `mask_prompt_impl`'s low_size); the pointer comes from the SAM heads fed the
   mask through `mask_downsample`; object present iff the mask has a positive pixel;
 * memories of prompted frames are encoded from their binarised masks
   (`binarize_mask_from_pts_for_mem_enc`).
@@ -100,7 +101,7 @@ def apply_non_overlapping_constraints(
 
 
 def _upsample_to_image(m, low: jnp.ndarray) -> jnp.ndarray:
-    """(B, 4g, 4g) logits -> (B, S, S, 1), torch bilinear (align_corners=False)."""
+    """(B, k, k) logits -> (B, S, S, 1), torch bilinear (align_corners=False)."""
     s = m.config.image_size
     w = jnp.asarray(linear_weights(low.shape[-1], s), low.dtype)
     return jnp.einsum("oh,bhw,pw->bop", w, low, w)[..., None]
@@ -248,7 +249,8 @@ def prompt_frame_impl(
     """Points (and box corners) on one frame for one object (bank of O = 1).
 
     point_coords (1, N, 2) model-input pixels, point_labels (1, N) int32; prev_mask_logits
-    (1, 4g, 4g) or None. Returns low-res logits (1, 4g, 4g), obj_ptr (1, D), score (1,).
+    (1, k, k) or None (any k: resized to 4g with antialiasing, as the reference does with
+    a mask prompt's S/4 output). Returns low-res logits (1, 4g, 4g), obj_ptr (1, D), score (1,).
     """
     if is_init_cond_frame:
         pix = vision[None] + m.no_mem_embed.reshape(1, 1, 1, -1)
@@ -269,14 +271,22 @@ def prompt_frame_impl(
 
 
 def mask_prompt_impl(
-    m, vision: jnp.ndarray, high_res_0: jnp.ndarray, high_res_1: jnp.ndarray, mask: jnp.ndarray
+    m,
+    vision: jnp.ndarray,
+    high_res_0: jnp.ndarray,
+    high_res_1: jnp.ndarray,
+    mask: jnp.ndarray,
+    low_size: int | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """A mask (1, S, S) of 0/1 used as the output (the reference's `_use_mask_as_output`).
-    Returns low-res logits (1, 4g, 4g), obj_ptr (1, D), score (1,)."""
+    """A mask (1, M, M) of 0/1 used as the output (the reference's `_use_mask_as_output`).
+    Returns low-res logits (1, k, k), obj_ptr (1, D), score (1,), with k = low_size, or
+    cfg.mask_input_size (4g) if None. The reference's k is M / 4: S / 4 for an S x S
+    prompt, which is 4g for SAM 2 but not for SAM 3 (252 vs 288 at 1008 px)."""
     cfg = m.config
+    k = cfg.mask_input_size if low_size is None else low_size
     mask = mask.astype(jnp.float32)[..., None]
     high = mask * MASK_OUT_SCALE + MASK_OUT_BIAS
-    low = resize_bilinear_antialias(high, (cfg.mask_input_size, cfg.mask_input_size))
+    low = resize_bilinear_antialias(high, (k, k))
     heads = m.forward_sam_heads(
         vision[None],
         mask_inputs=m.mask_downsample(mask),
@@ -292,8 +302,8 @@ def mask_prompt_impl(
 def prompt_memory_impl(
     m, vision: jnp.ndarray, low_res: jnp.ndarray, score: jnp.ndarray
 ) -> jnp.ndarray:
-    """Memory of a prompted frame: its low-res logits (B, 4g, 4g) upsampled to S and
-    binarised. vision (g, g, D) -> (B, g, g, m)."""
+    """Memory of a prompted frame: its low-res logits (B, k, k) (k = 4g, or S/4 for a mask
+    prompt's output) upsampled to S and binarised. vision (g, g, D) -> (B, g, g, m)."""
     b = low_res.shape[0]
     pix = jnp.broadcast_to(vision[None], (b, *vision.shape))
     return encode_memory_impl(m, pix, _upsample_to_image(m, low_res), score, binarize=True)
