@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from sam_jax.config import HieraConfig
 from sam_jax.models.attention import attention
 from sam_jax.models.layers import gelu, layer_norm
+from sam_jax.models.remat import recompute_in_backward
 from sam_jax.models.resize import bicubic_weights
 from sam_jax.models.vit import window_partition, window_unpartition
 
@@ -159,7 +160,7 @@ class Hiera(nn.Module):
     """The trunk. Parameters mirror torch `trunk.*` (pos_embed tables keep torch's NCHW)."""
 
     config: HieraConfig
-    remat: bool = False
+    remat: bool = False  # recompute each block in the backward pass (recompute_in_backward)
     dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
 
     def position_embedding(self, h: int, w: int) -> jnp.ndarray:
@@ -183,13 +184,13 @@ class Hiera(nn.Module):
         cfg = self.config
         x = PatchEmbed(cfg.embed_dim, dtype=self.dtype, name="patch_embed")(images)
         x = x + self.position_embedding(*x.shape[1:3]).astype(x.dtype)
-        block_cls = nn.remat(MultiScaleBlock) if self.remat else MultiScaleBlock
         ends = set(stage_ends(cfg))
         outputs = []
         for i, spec in enumerate(block_specs(cfg)):
-            x = block_cls(spec, cfg.q_stride, cfg.mlp_ratio, dtype=self.dtype, name=f"blocks_{i}")(
-                x
+            block = MultiScaleBlock(
+                spec, cfg.q_stride, cfg.mlp_ratio, dtype=self.dtype, name=f"blocks_{i}"
             )
+            x = recompute_in_backward(block, x) if self.remat else block(x)
             if i in ends:
                 outputs.append(x)
         return outputs
