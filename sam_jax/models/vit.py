@@ -18,6 +18,7 @@ import numpy as np
 from sam_jax.config import ViTConfig
 from sam_jax.models.attention import attention
 from sam_jax.models.layers import MLPBlock, layer_norm
+from sam_jax.models.remat import recompute_in_backward
 from sam_jax.models.resize import resize_linear_rows, resize_nearest
 
 
@@ -150,17 +151,11 @@ class ImageEncoderViT(nn.Module):
         if pos.shape[1:3] != x.shape[1:3]:
             pos = resize_nearest(pos, x.shape[1:3])
         x = x + pos.astype(x.dtype)
-        block = nn.remat(Block) if self.remat else Block
         for i in range(cfg.depth):
             is_global = i in cfg.global_attn_indexes
-            x = block(
-                cfg.num_heads,
-                cfg.mlp_ratio,
-                0 if is_global else cfg.window_size,
-                grid,
-                dtype=dt,
-                name=f"blocks_{i}",
-            )(x)
+            window = 0 if is_global else cfg.window_size
+            block = Block(cfg.num_heads, cfg.mlp_ratio, window, grid, dtype=dt, name=f"blocks_{i}")
+            x = recompute_in_backward(block, x) if self.remat else block(x)
         return neck(x, cfg.out_chans, dt)
 
 
