@@ -1,8 +1,10 @@
-"""Block remat (`recompute_in_backward`) in Hiera and SAM's ViT: the same function and
+"""Block remat (`recompute_in_backward`) in Hiera, SAM's ViT and SAM 3's ViT: the same function and
 gradients as the plain encoder, and a backward pass that holds about one block's
 activations at a time."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +13,10 @@ import pytest
 
 from sam_jax.config import HieraConfig, ViTConfig
 from sam_jax.models.hiera import Hiera
+from sam_jax.models.sam3_vit import ViT as Sam3ViT
 from sam_jax.models.vit import ImageEncoderViT
 from sam_jax.train.step import TRAIN_COMPILER_OPTIONS
-from tests.tiny_configs import SMALL_HIERA, TINY_SAM
+from tests.tiny_configs import SAM3_SMALL_VIT, SMALL_HIERA, TINY_SAM
 
 # Several blocks per stage, so keeping every block's activations would show in the bytes.
 DEEP_HIERA = HieraConfig(
@@ -37,6 +40,13 @@ DEEP_VIT = ViTConfig(
 ENCODERS = {
     "hiera": (Hiera, SMALL_HIERA, DEEP_HIERA),
     "vit": (ImageEncoderViT, TINY_SAM.encoder, DEEP_VIT),
+    "sam3_vit": (
+        Sam3ViT,
+        SAM3_SMALL_VIT,
+        dataclasses.replace(
+            SAM3_SMALL_VIT, embed_dim=32, depth=8, global_att_blocks=(3, 7), pretrain_image_size=112
+        ),
+    ),
 }
 
 

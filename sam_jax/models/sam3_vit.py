@@ -24,6 +24,7 @@ import numpy as np
 
 from sam_jax.models.attention import attention
 from sam_jax.models.layers import gelu, layer_norm
+from sam_jax.models.remat import recompute_in_backward
 from sam_jax.models.rope import apply_rope
 from sam_jax.models.sam3_config import Sam3VisionConfig
 from sam_jax.models.vit import PatchEmbed, window_partition, window_unpartition
@@ -155,10 +156,9 @@ class ViT(nn.Module):
         pos = self.param("pos_embed", nn.initializers.zeros, (1, rows, cfg.embed_dim))
         x = x + tiled_abs_pos(pos, *x.shape[1:3]).astype(x.dtype)
         x = layer_norm(LN_EPS, name="ln_pre", dtype=self.dtype)(x)
-        block = nn.remat(Block) if self.remat else Block
         rope_pt = cfg.window_size if cfg.rope_pt_size is None else cfg.rope_pt_size
         for i in range(cfg.depth):
-            x = block(
+            block = Block(
                 cfg.num_heads,
                 cfg.mlp_ratio,
                 0 if i in cfg.global_att_blocks else cfg.window_size,
@@ -167,5 +167,6 @@ class ViT(nn.Module):
                 cfg.rope_theta,
                 dtype=self.dtype,
                 name=f"blocks_{i}",
-            )(x)
+            )
+            x = recompute_in_backward(block, x) if self.remat else block(x)
         return x
