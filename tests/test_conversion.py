@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ import sam_jax
 from sam_jax import checkpoint
 from sam_jax.checkpoint import build_from_config, variable_shapes
 from sam_jax.cli import main as cli_main
-from sam_jax.config import SamConfig, ViTConfig
+from sam_jax.config import VARIANTS, SamConfig, ViTConfig
 from sam_jax.convert.detect import detect_variant
 from sam_jax.convert.keymap import flax_to_torch, state_dict_to_variables, torch_key
 from sam_jax.convert.torch_reader import read_state_dict
@@ -153,30 +155,29 @@ def test_interrupted_save_leaves_no_file(small_file, tmp_path, monkeypatch):
 
 
 @pytest.mark.torch
-def test_cli_convert_and_export_round_trip(small_ref, tmp_path):
+def test_cli_convert_and_export_round_trip(small_ref, tmp_path, monkeypatch):
     """ours -> torch file -> ultralytics module (strict) gives the same outputs as ours."""
-    # The CLI detects variants from the VARIANTS table, so use a full-size variant's file.
-    from ultralytics.models.sam.build import build_sam_vit_b
-
-    ref = randomize_(build_sam_vit_b(), seed=11)
-    src = tmp_path / "sam_b.pt"
-    torch.save(ref.state_dict(), src)
-    st = tmp_path / "sam_b.safetensors"
+    # The CLI detects variants from the VARIANTS table: the reduced model joins it here (the
+    # full-size files' detection and values are test_convert_sam_variant's).
+    monkeypatch.setitem(VARIANTS, "sam_small", dataclasses.replace(SMALL, name="sam_small"))
+    src = tmp_path / "small.pt"
+    torch.save(small_ref.state_dict(), src)
+    st = tmp_path / "small.safetensors"
     back = tmp_path / "back.pt"
     assert cli_main(["convert", str(src), str(st)]) == 0
     assert cli_main(["convert", str(st), str(back)]) == 0
 
-    fresh = build_sam_vit_b()
+    fresh = build_reference_sam(build_reference_vit(SMALL.encoder), 256)
     fresh.load_state_dict(torch.load(back, weights_only=True), strict=True)
     fresh.eval()
     model, variables = sam_jax.load(st)
+    assert model.config.name == "sam_small"
     # Decoder-level check on a random embedding keeps this test fast.
-    emb = np.random.RandomState(1).randn(1, 64, 64, 256).astype(np.float32)
-    pts = np.array([[[100.0, 200.0], [500.0, 300.0]]], np.float32)
+    emb = np.random.RandomState(1).randn(1, 16, 16, 256).astype(np.float32)
+    pts = np.array([[[25.0, 50.0], [125.0, 75.0]]], np.float32)
     lab = np.array([[1, 0]], np.int32)
-    logits, iou = model.apply(
-        variables, emb, point_coords=pts, point_labels=lab, method="predict_masks"
-    )
+    decode = jax.jit(lambda v: model.apply(v, emb, pts, lab, method="predict_masks"))
+    logits, iou = decode(variables)
     with torch.no_grad():
         sp, de = fresh.prompt_encoder((torch.from_numpy(pts), torch.from_numpy(lab)), None, None)
         lr, ir = fresh.mask_decoder(to_nchw(emb), fresh.prompt_encoder.get_dense_pe(), sp, de, True)
@@ -204,7 +205,6 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 def test_fine_tuned_decoder_exports_to_the_same_masks(small_ref, tmp_path):
     """Fine-tune the decoder here, export to a torch file, load it strictly into a fresh
     ultralytics module: its masks equal ours, and differ from the un-tuned model's."""
-    import jax
 
     from sam_jax.convert.export import export_torch
     from sam_jax.projects.shapes.synthetic import scene

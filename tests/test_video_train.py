@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import sam_jax
 from sam_jax.checkpoint import build_from_config
+from sam_jax.config import VARIANTS
 from sam_jax.projects.shapes.synthetic import video
 from sam_jax.tracking.memory_bank import empty_bank, ring_slot
 from sam_jax.tracking.track_step import (
@@ -33,12 +35,17 @@ from sam_jax.train.video_prompts import (
 from sam_jax.train.video_step import clip_loss
 from tests.tiny_configs import TINY2, random_variables
 
+# The clip loss's gradient programs are the largest the suite compiles, and a third of
+# their compile time is the mask decoder's second two-way layer: one layer keeps every
+# prompt and memory path (the parity tests cover two).
+TINY2_1 = dataclasses.replace(TINY2, decoder_depth=1)
+SHAPES_1 = dataclasses.replace(VARIANTS["sam2_tiny_shapes"], image_size=64, decoder_depth=1)
 
-@pytest.fixture(scope="module")
-def tiny_sam2():
-    """TINY2 (64 px, multimask tracking) with random weights, objects found everywhere (the
-    object-score head biased) so pointers and masks are the heads' own."""
-    model = build_from_config(TINY2)
+
+def _objects_found(config) -> tuple:
+    """`config` with random weights, objects found everywhere (the object-score head
+    biased) so pointers and masks are the heads' own."""
+    model = build_from_config(config)
     variables = jax.tree.map(np.array, random_variables(model))
     head = variables["params"]["sam_mask_decoder"]["pred_obj_score_head"]["layers_2"]
     head["bias"] = head["bias"] + 10.0
@@ -46,11 +53,17 @@ def tiny_sam2():
 
 
 @pytest.fixture(scope="module")
+def tiny_sam2():
+    """TINY2_1 (64 px, multimask tracking), random weights, objects found everywhere."""
+    return _objects_found(TINY2_1)
+
+
+@pytest.fixture(scope="module")
 def shapes_sam2():
-    """The bundled sam2_tiny_shapes (single-mask tracking, in-window conditioning) at 64 px,
-    its variables device arrays (as a train step's are: numpy ones cannot be indexed by
-    traced values)."""
-    model, variables = sam_jax.load("sam2_tiny_shapes", image_size=64)
+    """SHAPES_1 (sam2_tiny_shapes' single-mask tracking and in-window conditioning, at 64
+    px), random weights, objects found everywhere; its variables device arrays (as a train
+    step's are: numpy ones cannot be indexed by traced values)."""
+    model, variables = _objects_found(SHAPES_1)
     return model, jax.tree.map(jnp.asarray, variables)
 
 
@@ -121,7 +134,7 @@ def test_bad_prompting_is_a_clear_error(tiny_sam2):
     with pytest.raises(ValueError, match="num_correct_frames"):
         VideoPrompting(num_cond_frames=2, num_correct_frames=1)
     model, variables = tiny_sam2
-    clips, targets = _clip(TINY2, num_frames=2)
+    clips, targets = _clip(TINY2_1, num_frames=2)
     three = VideoPrompting(num_cond_frames=3, num_correct_frames=3)
     with pytest.raises(ValueError, match="clips have 2"):
         clip_loss(model, variables, clips, targets, jax.random.key(0), prompting=three)
@@ -213,7 +226,7 @@ def test_default_prompting_equals_the_former_clip_loss(tiny_sam2):
     """VideoPrompting() (one click on frame 0, corrections there): the loss and gradients
     of the clip loss as it was, built from the tracker's own step."""
     model, variables = tiny_sam2
-    clips, targets = _clip(TINY2)
+    clips, targets = _clip(TINY2_1)
     targets = targets[:, :, :2]
     params, rebuild = _trained_apart_from_encoder(variables)
     key = jax.random.key(7)
@@ -234,15 +247,6 @@ def test_default_prompting_equals_the_former_clip_loss(tiny_sam2):
 
 # -------------------------------------------------------------------- prompt kinds
 
-MIXED = VideoPrompting(
-    prob_mask=0.5,
-    prob_box=0.5,
-    num_cond_frames=2,
-    rand_cond_frames=True,
-    num_correct_frames=3,
-    prob_click_from_target=0.5,
-)
-
 
 def _object_draws(config, targets, key, prompting, num_corrections):
     """The ClipPrompts clip_loss draws for each object of one clip (1, T, K, S, S)."""
@@ -254,8 +258,10 @@ def _object_draws(config, targets, key, prompting, num_corrections):
 
 
 def test_every_prompt_kind_trains(shapes_sam2):
-    """One clip whose three objects get a mask, a box and a click, with a corrected tracked
-    frame, plus a padding object (empty, valid False): finite loss, metrics and gradients,
+    """SAM 2's training protocol (SAM2_TRAINING: every prompt kind, random conditioning and
+    corrected frames) on one clip whose three objects get a mask, a box and a click, with a
+    corrected tracked frame, plus a padding object (empty, valid False), the tracked frames
+    recomputed in the backward pass (remat_frames): finite loss, metrics and gradients,
     which reach what each kind uses."""
     model, variables = shapes_sam2
     clips, targets = _clip(model.config, num_frames=3)
@@ -263,7 +269,8 @@ def test_every_prompt_kind_trains(shapes_sam2):
     valid = np.array([[True, True, True, False]])
     for seed in range(200):  # a key under which the real objects cover every kind
         key = jax.random.key(seed)
-        p = jax.tree.map(lambda x: x[:3], _object_draws(model.config, targets, key, MIXED, 1))
+        p = _object_draws(model.config, targets, key, SAM2_TRAINING, 1)
+        p = jax.tree.map(lambda x: x[:3], p)
         points = ~p.use_mask
         if (
             p.use_mask.any()
@@ -277,7 +284,10 @@ def test_every_prompt_kind_trains(shapes_sam2):
     params, rebuild = _trained_apart_from_encoder(variables)
 
     def loss(q):
-        return clip_loss(model, rebuild(q), clips, targets, key, 1, prompting=MIXED, valid=valid)
+        v = rebuild(q)
+        return clip_loss(
+            model, v, clips, targets, key, 1, True, prompting=SAM2_TRAINING, valid=valid
+        )
 
     (value, metrics), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     assert np.isfinite(float(value)) and all(np.isfinite(float(v)) for v in metrics.values())
@@ -293,14 +303,14 @@ def test_every_prompt_kind_trains(shapes_sam2):
         VideoPrompting(prob_box=1.0),
         VideoPrompting(prob_mask=1.0, num_cond_frames=2),
         VideoPrompting(num_correct_frames=2, correct_as_cond=False, prob_click_from_target=1.0),
-        SAM2_TRAINING,
     ],
-    ids=["box", "mask", "click-corrections-in-ring", "sam2-training"],
+    ids=["box", "mask", "click-corrections-in-ring"],
 )
 def test_each_pure_prompt_kind_traces(shapes_sam2, prompting):
     """Each kind alone (a program without the others' branches) traces to a scalar loss
     and gradients of the parameters' shapes (jax.eval_shape: nothing is compiled), with
-    the tracked frames recomputed in the backward pass (remat_frames)."""
+    the tracked frames recomputed in the backward pass (remat_frames). (All kinds at once,
+    SAM2_TRAINING, compile and run in test_every_prompt_kind_trains.)"""
     model, variables = shapes_sam2
     clips, targets = _clip(model.config, num_frames=3)
     key = jax.random.key(0)
@@ -401,7 +411,7 @@ def test_padding_objects_change_nothing(tiny_sam2):
     valid: the padded and the doubled clip run one compiled gradient program, and the clip
     alone, a program of its own, anchors the loss and metrics.)"""
     model, variables = tiny_sam2
-    clips, targets = _clip(TINY2)
+    clips, targets = _clip(TINY2_1)
     real = targets[:, :, :1]
     params, rebuild = _trained_apart_from_encoder(variables)
     masks = VideoPrompting(prob_mask=1.0)
@@ -443,7 +453,7 @@ def test_unannotated_frames_add_no_loss(tiny_sam2):
     targets can be anything; the loss is the mean over the annotated frames."""
     model, variables = tiny_sam2
     variables = jax.tree.map(jnp.asarray, variables)  # indexed by traced frame numbers
-    clips, targets = _clip(TINY2, 3)
+    clips, targets = _clip(TINY2_1, 3)
     targets = targets[:, :, 0]  # (1, T, S, S): one object
     key = jax.random.key(4)
     loss = jax.jit(lambda t, ig: clip_loss(model, variables, clips, t, key, 1, ignore=ig)[0])
