@@ -2,6 +2,7 @@
 
     python benchmarks/op_profile.py sam2.1_t encoder      # image encoder at the variant's size
     python benchmarks/op_profile.py sam_b decoder         # one click, from cached embeddings
+    python benchmarks/op_profile.py sam_b encoder --dtype bfloat16
 
 Runs the jitted function under `jax.profiler.trace` (a Perfetto trace: XLA:CPU records each
 fused operation it executes), reads the optimised HLO that XLA dumps for the same program to
@@ -32,9 +33,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import sam_jax  # noqa: E402
 
 
-def program(variant: str, what: str):
+def program(variant: str, what: str, dtype: str = "float32"):
     """(jitted function, its arguments) for the variant's encoder or a one-click decode."""
-    model = sam_jax.build(variant)
+    model = sam_jax.build(variant, dtype=jnp.dtype(dtype))
     s = model.config.image_size
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, s, s, 3), np.float32))
     params = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, method="init_everything"))(x)
@@ -90,8 +91,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--ops", action="store_true", help="also list the slowest operations")
+    ap.add_argument("--dtype", default="float32", help="computation dtype (bfloat16)")
     args = ap.parse_args()
-    fn, fn_args = program(args.variant, args.what)
+    fn, fn_args = program(args.variant, args.what, args.dtype)
     times = op_times(fn, fn_args, args.runs)
     names = sources(times)
     by_kind: collections.Counter = collections.Counter()

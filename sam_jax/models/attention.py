@@ -16,7 +16,8 @@ head is shared by every head. The logits are (q . k) * scale (default D ** -0.5)
 Implementations (`impl`), equal to float32 rounding in outputs and gradients:
 
 - "reference": the (Nq, Nk) logits materialised, softmax normalised after the product
-  with v (one division per output, not per logit);
+  with v (one division per output, not per logit); on CPU, large ones a head and a tile
+  of queries at a time (`TILE_LOGITS_CPU`), so each tile's logits stay in cache;
 - "blocked": online softmax over key blocks of `block_size` (default: the module's
   `BLOCK_SIZE`, read at trace time) (flash-attention style, pure
   JAX, any platform) with a custom VJP that recomputes each block in the backward pass.
@@ -53,6 +54,10 @@ IMPLS = ("auto", "reference", "blocked", "cudnn")
 BLOCKED_ABOVE = 1 << 25
 BLOCKED_ABOVE_CPU = 1 << 30
 BLOCK_SIZE = 512
+# On CPU the materialised path forms at most about this many logits at once (one head, a
+# tile of queries): past it the softmax's passes over logits that no longer fit in cache, not
+# the products, set the time. Read at trace time.
+TILE_LOGITS_CPU = 1 << 22
 
 
 def _check_impl(impl: str) -> None:
@@ -147,28 +152,43 @@ def _reference(q, k, v, bias, rel_pos, key_mask, scale):
     Both products run head-major, (B, H, N, D), on the small operands' transposes: left to
     itself XLA:CPU transposes the (H, Nq, Nk) probabilities instead. The scale goes on q
     (as the reference ViT applies it), so the logits are never rescaled in a pass of their
-    own. With rel_pos the softmax runs over the keys as a (kh, kw) grid: the row and column
-    terms then broadcast along plain axes, where a flat key axis would cost every logit an
-    index division.
+    own. On CPU, once a head has more than `TILE_LOGITS_CPU` logits, they are formed one head
+    and one tile of queries at a time (rows are independent, so the values are the same).
     """
-    f32 = jnp.float32
     heads_first = lambda x: x.transpose(0, 2, 1, 3)
-    q = heads_first((q.astype(f32) * scale).astype(q.dtype))
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, heads_first(k), preferred_element_type=f32)
+    q = heads_first((q.astype(jnp.float32) * scale).astype(q.dtype))
+    k, v = heads_first(k), heads_first(v)
+    rel_h, rel_w = (None, None) if rel_pos is None else rel_pos
+    if bias is not None:
+        bias = jnp.asarray(bias)
+        bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+    tiles = -(-q.shape[2] * k.shape[2] // TILE_LOGITS_CPU)
+    if tiles > 1 and jax.default_backend() == "cpu":
+        out = _by_query_tiles(tiles, q, k, v, bias, rel_h, rel_w, key_mask)
+    else:
+        out = _softmax_product(q, k, v, bias, rel_h, rel_w, key_mask)
+    return heads_first(out).astype(q.dtype)
+
+
+def _softmax_product(q, k, v, bias, rel_h, rel_w, key_mask):
+    """softmax(q k^T + terms) v on head-major (B, H, N, D) arrays, q already scaled;
+    (B, H, Nq, Dv) float32. With rel_pos the softmax runs over the keys as a (kh, kw) grid:
+    the row and column terms then broadcast along plain axes, where a flat key axis would
+    cost every logit an index division."""
+    f32 = jnp.float32
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=f32)
     b, heads, nq, nk = logits.shape
-    grid = (nk,) if rel_pos is None else (rel_pos[0].shape[-1], rel_pos[1].shape[-1])
+    grid = (nk,) if rel_h is None else (rel_h.shape[-1], rel_w.shape[-1])
     keys = tuple(range(-len(grid), 0))
 
     def on_grid(x):  # (..., Nk or 1) -> (..., *grid) or (..., 1, ..., 1)
-        x = x.reshape((1,) * (4 - x.ndim) + x.shape)
         return x.reshape(*x.shape[:-1], *(grid if x.shape[-1] == nk else (1,) * len(grid)))
 
     logits = on_grid(logits)
-    if rel_pos is not None:
-        rel_h, rel_w = rel_pos
+    if rel_h is not None:
         logits = logits + rel_h[..., :, None] + rel_w[..., None, :]
     if bias is not None:
-        logits = logits + on_grid(jnp.asarray(bias))
+        logits = logits + on_grid(bias)
     if key_mask is not None:
         logits = jnp.where(on_grid(key_mask[:, None, None, :]), logits, -jnp.inf)
     top = jnp.max(logits, axis=keys, keepdims=True)
@@ -176,8 +196,63 @@ def _reference(q, k, v, bias, rel_pos, key_mask, scale):
     e = jnp.exp(logits - top)
     total = jnp.sum(e, axis=keys).reshape(b, heads, nq, 1)
     e = e.reshape(b, heads, nq, nk).astype(v.dtype)
-    out = jnp.einsum("bhqk,bhkc->bhqc", e, heads_first(v), preferred_element_type=f32)
-    return heads_first(out / jnp.where(total > 0, total, 1)).astype(q.dtype)
+    out = jnp.einsum("bhqk,bhkc->bhqc", e, v, preferred_element_type=f32)
+    return out / jnp.where(total > 0, total, 1)
+
+
+def _by_query_tiles(tiles, q, k, v, bias, rel_h, rel_w, key_mask):
+    """`_softmax_product` for one (batch, head) pair and one tile of about Nq / tiles
+    queries at a time (a `lax.map` over pairs, one over tiles): a tile's logits stay in
+    cache through the softmax's passes over them. Queries are zero-padded to whole tiles."""
+    b, heads, nq, _ = q.shape
+    nk = k.shape[2]
+    size = -(-nq // tiles)
+    size += -size % 8
+    tiles = -(-nq // size)
+    pad = size * tiles - nq
+
+    def pairs(x):  # (B|1, H|1, ...) -> (B * H, ...)
+        x = jnp.broadcast_to(x, (b, heads, *x.shape[2:]))
+        return x.reshape(b * heads, *x.shape[2:])
+
+    def query_tiles(x):  # (B|1, H|1, Nq, ...) -> (B * H, tiles, 1, 1, size, ...)
+        x = pairs(x)
+        x = jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+        return x.reshape(b * heads, tiles, 1, 1, size, *x.shape[2:])
+
+    per_query = {"q": query_tiles(q)}
+    per_pair = {"k": pairs(k)[:, None, None], "v": pairs(v)[:, None, None]}
+    if rel_h is not None:
+        per_query["rel_h"], per_query["rel_w"] = query_tiles(rel_h), query_tiles(rel_w)
+    if bias is not None:
+        if bias.shape[2] == 1:
+            per_pair["bias"] = pairs(bias)[:, None, None]
+        else:
+            per_query["bias"] = query_tiles(bias)
+    if key_mask is not None:
+        per_pair["key_mask"] = jnp.broadcast_to(key_mask[:, None], (b, heads, nk)).reshape(
+            b * heads, 1, nk
+        )
+
+    def pair(xs):
+        tiled, fixed = xs
+
+        def tile(t):
+            a = {**fixed, **t}
+            return _softmax_product(
+                a["q"],
+                a["k"],
+                a["v"],
+                a.get("bias"),
+                a.get("rel_h"),
+                a.get("rel_w"),
+                a.get("key_mask"),
+            )
+
+        return jax.lax.map(tile, tiled)
+
+    out = jax.lax.map(pair, (per_query, per_pair))  # (B * H, tiles, 1, 1, size, Dv)
+    return out.reshape(b, heads, tiles * size, -1)[:, :, :nq]
 
 
 def _cudnn(q, k, v, bias, rel_pos, key_mask, scale):
