@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from sam_jax.config import HieraConfig
 from sam_jax.models.hiera import Hiera
+from sam_jax.models.layers import Conv
 from sam_jax.models.position_encoding import sine_position_encoding
 
 
@@ -20,7 +21,7 @@ class Lateral(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        return nn.Conv(self.d_model, (1, 1), dtype=self.dtype, name="conv")(x)
+        return Conv(self.d_model, (1, 1), dtype=self.dtype, name="conv")(x)
 
 
 class FpnNeck(nn.Module):

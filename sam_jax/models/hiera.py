@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from sam_jax.config import HieraConfig
 from sam_jax.models.attention import attention
-from sam_jax.models.layers import gelu, layer_norm
+from sam_jax.models.layers import Conv, Dense, gelu, layer_norm
 from sam_jax.models.remat import recompute_in_backward
 from sam_jax.models.resize import bicubic_weights
 from sam_jax.models.vit import window_partition, window_unpartition
@@ -83,7 +83,7 @@ class MultiScaleAttention(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         n, h, w, _ = x.shape
         heads, hd = self.num_heads, self.dim_out // self.num_heads
-        qkv = nn.Dense(3 * self.dim_out, dtype=self.dtype, name="qkv")(x).reshape(
+        qkv = Dense(3 * self.dim_out, dtype=self.dtype, name="qkv")(x).reshape(
             n, h, w, 3, heads, hd
         )
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
@@ -95,7 +95,7 @@ class MultiScaleAttention(nn.Module):
         v = v.reshape(n, -1, heads, hd)
         out = attention(q, k, v)  # (n, h * w, heads, hd)
         out = out.reshape(n, h, w, self.dim_out)
-        return nn.Dense(self.dim_out, dtype=self.dtype, name="proj")(out)
+        return Dense(self.dim_out, dtype=self.dtype, name="proj")(out)
 
 
 class HieraMLP(nn.Module):
@@ -106,8 +106,8 @@ class HieraMLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        h = gelu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="layers_0")(x))
-        return nn.Dense(x.shape[-1], dtype=self.dtype, name="layers_1")(h)
+        h = gelu(Dense(self.hidden_dim, dtype=self.dtype, name="layers_0")(x))
+        return Dense(x.shape[-1], dtype=self.dtype, name="layers_1")(h)
 
 
 class MultiScaleBlock(nn.Module):
@@ -126,7 +126,7 @@ class MultiScaleBlock(nn.Module):
         x = layer_norm(1e-6, name="norm1", dtype=dt)(x)
         if s.dim != s.dim_out:
             # The residual path is projected from the *normalised* input, as in the reference.
-            shortcut = nn.Dense(s.dim_out, dtype=dt, name="proj")(x)
+            shortcut = Dense(s.dim_out, dtype=dt, name="proj")(x)
             if stride:
                 shortcut = max_pool(shortcut, stride)
         hw = shortcut.shape[1:3]
@@ -150,7 +150,7 @@ class PatchEmbed(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         pad = ((3, 3), (3, 3))
-        conv = nn.Conv(
+        conv = Conv(
             self.embed_dim, (7, 7), strides=(4, 4), padding=pad, dtype=self.dtype, name="proj"
         )
         return conv(x)

@@ -2,11 +2,83 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+def _low_precision(*xs: jnp.ndarray) -> bool:
+    return jnp.result_type(*xs) in (jnp.bfloat16, jnp.float16)
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """`lax.dot_general` that accumulates bfloat16 / float16 products in float32 and rounds
+    the result to the inputs' dtype. XLA:CPU runs a bfloat16 product with a float32 result
+    on its fast (AMX) kernels and one with a bfloat16 result several times slower; the
+    values are the same. float32 products are plain `lax.dot_general`."""
+    if not _low_precision(lhs, rhs):
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type)
+    out = jax.lax.dot_general(
+        lhs, rhs, dimension_numbers, precision, preferred_element_type=jnp.float32
+    )
+    return out.astype(preferred_element_type or jnp.result_type(lhs, rhs))
+
+
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+):
+    """`lax.conv_general_dilated` with `dot_general`'s float32 accumulation. A 1x1,
+    stride-1 convolution over channels-last inputs (flax's layout) is computed as the
+    product over channels it is: XLA:CPU's convolution runs it several times slower."""
+    n = lhs.ndim
+    pointwise = (
+        all(d == 1 for d in rhs.shape[:-2])
+        and all(st == 1 for st in window_strides)
+        and (isinstance(padding, str) or all(tuple(p) == (0, 0) for p in padding))
+        and all(d == 1 for d in (lhs_dilation or ()))
+        and feature_group_count == 1
+        and dimension_numbers is not None
+        and tuple(dimension_numbers.lhs_spec) == (0, n - 1, *range(1, n - 1))
+        and tuple(dimension_numbers.rhs_spec) == (n - 1, n - 2, *range(n - 2))
+        and tuple(dimension_numbers.out_spec) == tuple(dimension_numbers.lhs_spec)
+    )
+    if pointwise:
+        kernel = rhs.reshape(rhs.shape[-2:])
+        dims = (((n - 1,), (0,)), ((), ()))
+        return dot_general(lhs, kernel, dims, precision, preferred_element_type)
+    conv = functools.partial(
+        jax.lax.conv_general_dilated,
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        precision=precision,
+    )
+    if not _low_precision(lhs, rhs):
+        return conv(preferred_element_type=preferred_element_type)
+    out = conv(preferred_element_type=jnp.float32)
+    return out.astype(preferred_element_type or jnp.result_type(lhs, rhs))
+
+
+# The models' Dense and Conv layers: flax's, with the products above.
+Dense = functools.partial(nn.Dense, dot_general=dot_general)
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
 def layer_norm(eps: float = 1e-5, name: str | None = None, dtype: Any = None) -> nn.LayerNorm:
@@ -40,7 +112,7 @@ class MLP(nn.Module):
         for i in range(self.num_layers):
             last = i == self.num_layers - 1
             width = self.output_dim if last else self.hidden_dim
-            x = nn.Dense(width, dtype=self.dtype, name=f"layers_{i}")(x)
+            x = Dense(width, dtype=self.dtype, name=f"layers_{i}")(x)
             if not last:
                 x = jax.nn.relu(x)
         return jax.nn.sigmoid(x) if self.sigmoid_output else x
@@ -56,8 +128,8 @@ class MLPBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         act = gelu if self.activation == "gelu" else jax.nn.relu
-        h = act(nn.Dense(self.mlp_dim, dtype=self.dtype, name="lin1")(x))
-        return nn.Dense(x.shape[-1], dtype=self.dtype, name="lin2")(h)
+        h = act(Dense(self.mlp_dim, dtype=self.dtype, name="lin1")(x))
+        return Dense(x.shape[-1], dtype=self.dtype, name="lin2")(h)
 
 
 class ConvTranspose2x2(nn.Module):
@@ -113,7 +185,7 @@ def deinterleave(x: jnp.ndarray, levels: int) -> jnp.ndarray:
 class DepthwiseConv(nn.Module):
     """Depthwise k x k convolution, 'same' padding, as a sum of k*k shifted products.
 
-    Same parameters as `nn.Conv(C, (k, k), feature_group_count=C)` (kernel (k, k, 1, C),
+    Same parameters as `Conv(C, (k, k), feature_group_count=C)` (kernel (k, k, 1, C),
     bias (C,)). Written out because XLA's CPU backend computes the kernel gradient of a
     vmapped grouped convolution as a dense (k, k, C, C) one, C times the work (it made a
     SAM 2 clip's train step 50x slower than its forward pass). (B, H, W, C) -> same.

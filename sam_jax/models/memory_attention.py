@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from sam_jax.models.attention import attention
-from sam_jax.models.layers import layer_norm
+from sam_jax.models.layers import Dense, layer_norm
 from sam_jax.models.rope import apply_rope, apply_rope_to_keys, axial_rope_tables
 
 
@@ -55,9 +55,9 @@ class RoPEAttention(nn.Module):
         if h * w != nq:
             raise ValueError(f"{nq} query tokens are not a {h}x{w} feature grid")
         dt = self.dtype
-        q = nn.Dense(d, dtype=dt, name="q_proj")(q).reshape(b, nq, heads, hd)
-        k = nn.Dense(d, dtype=dt, name="k_proj")(k).reshape(b, -1, heads, hd)
-        v_proj = nn.Dense(d, dtype=dt, name="v_proj")
+        q = Dense(d, dtype=dt, name="q_proj")(q).reshape(b, nq, heads, hd)
+        k = Dense(d, dtype=dt, name="k_proj")(k).reshape(b, -1, heads, hd)
+        v_proj = Dense(d, dtype=dt, name="v_proj")
         # Narrow values (the 64-d memory in cross-attention) are projected AFTER weighting:
         # P (v W + c) = (P v) W + c for rows of P summing to 1, 4x fewer multiplications
         # against the long memory axis than projecting every memory token first.
@@ -81,7 +81,7 @@ class RoPEAttention(nn.Module):
             if key_mask is not None:  # a row with no valid key attends to nothing (no bias)
                 attends = jnp.any(key_mask, axis=-1)[:, None, None, None]
                 out = out * attends.astype(out.dtype)
-        return nn.Dense(d, dtype=dt, name="out_proj")(out.reshape(b, nq, d))
+        return Dense(d, dtype=dt, name="out_proj")(out.reshape(b, nq, d))
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -108,8 +108,8 @@ class MemoryAttentionLayer(nn.Module):
         )
 
         x = layer_norm(name="norm3", dtype=dt)(tgt)
-        x = nn.Dense(self.dim_feedforward, dtype=dt, name="linear1")(x)
-        x = nn.Dense(tgt.shape[-1], dtype=dt, name="linear2")(jax.nn.relu(x))
+        x = Dense(self.dim_feedforward, dtype=dt, name="linear1")(x)
+        x = Dense(tgt.shape[-1], dtype=dt, name="linear2")(jax.nn.relu(x))
         return tgt + x
 
 

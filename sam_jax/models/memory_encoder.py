@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam_jax.models.layers import DepthwiseConv, gelu, layer_norm
+from sam_jax.models.layers import Conv, Dense, DepthwiseConv, gelu, layer_norm
 from sam_jax.models.position_encoding import sine_position_encoding
 from sam_jax.models.resize import resize_bilinear_antialias
 
@@ -40,10 +40,10 @@ class MaskDownSampler(nn.Module):
         chans, dt = 1, self.dtype
         for i in range(self.num_layers):
             chans *= 4
-            x = nn.Conv(chans, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dt,
+            x = Conv(chans, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dt,
                         name=f"encoder_{3 * i}")(x)  # fmt: skip
             x = gelu(layer_norm(1e-6, name=f"encoder_{3 * i + 1}", dtype=dt)(x))
-        return nn.Conv(self.embed_dim, (1, 1), dtype=dt, name=f"encoder_{3 * self.num_layers}")(x)
+        return Conv(self.embed_dim, (1, 1), dtype=dt, name=f"encoder_{3 * self.num_layers}")(x)
 
 
 class CXBlock(nn.Module):
@@ -58,8 +58,8 @@ class CXBlock(nn.Module):
         c, dt = x.shape[-1], self.dtype
         y = DepthwiseConv(self.kernel_size, dtype=dt, name="dwconv")(x)
         y = layer_norm(1e-6, name="norm", dtype=dt)(y)
-        y = gelu(nn.Dense(4 * c, dtype=dt, name="pwconv1")(y))
-        y = nn.Dense(c, dtype=dt, name="pwconv2")(y)
+        y = gelu(Dense(4 * c, dtype=dt, name="pwconv1")(y))
+        y = Dense(c, dtype=dt, name="pwconv2")(y)
         gamma = self.param("gamma", nn.initializers.constant(1e-6), (c,), jnp.float32)
         return x + gamma.astype(y.dtype) * y
 
@@ -100,10 +100,10 @@ class MemoryEncoder(nn.Module):
             masks = resize_bilinear_antialias(masks.astype(jnp.float32), (16 * h, 16 * w))
         dt = self.dtype
         m = MaskDownSampler(c, dtype=dt, name="mask_downsampler")(masks.astype(dt))
-        x = nn.Conv(c, (1, 1), dtype=dt, name="pix_feat_proj")(pix_feat) + m
+        x = Conv(c, (1, 1), dtype=dt, name="pix_feat_proj")(pix_feat) + m
         x = Fuser(dtype=dt, name="fuser")(x)
         if self.out_dim != c:
-            x = nn.Conv(self.out_dim, (1, 1), dtype=dt, name="out_proj")(x)
+            x = Conv(self.out_dim, (1, 1), dtype=dt, name="out_proj")(x)
         x = x.astype(jnp.float32)
         pos = jnp.asarray(sine_position_encoding(h, w, x.shape[-1]), x.dtype)
         return x, jnp.broadcast_to(pos, x.shape)

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from sam_jax.models.attention import attention
+from sam_jax.models.layers import Dense
 
 
 class MultiheadAttention(nn.Module):
@@ -59,4 +60,4 @@ class MultiheadAttention(nn.Module):
         else:
             q, k, v = project(query, 0), project(key, 1), project(value, 2)
         out = attention(q, k, v, bias=bias, key_mask=key_mask)
-        return nn.Dense(c, dtype=dt, name="out_proj")(out.reshape(*query.shape[:2], c))
+        return Dense(c, dtype=dt, name="out_proj")(out.reshape(*query.shape[:2], c))

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam_jax.models.layers import Table, gelu, layer_norm
+from sam_jax.models.layers import Conv, Table, gelu, layer_norm
 from sam_jax.models.resize import resize_bilinear
 
 
@@ -77,11 +77,11 @@ class PromptEncoder(nn.Module):
         self.not_a_point_embed = Table(1, d)
         self.no_mask_embed = Table(1, d)
         c = self.mask_in_chans
-        self.mask_downscaling_0 = nn.Conv(c // 4, (2, 2), strides=(2, 2), padding="VALID")
+        self.mask_downscaling_0 = Conv(c // 4, (2, 2), strides=(2, 2), padding="VALID")
         self.mask_downscaling_1 = layer_norm(1e-6)
-        self.mask_downscaling_3 = nn.Conv(c, (2, 2), strides=(2, 2), padding="VALID")
+        self.mask_downscaling_3 = Conv(c, (2, 2), strides=(2, 2), padding="VALID")
         self.mask_downscaling_4 = layer_norm(1e-6)
-        self.mask_downscaling_6 = nn.Conv(d, (1, 1))
+        self.mask_downscaling_6 = Conv(d, (1, 1))
 
     @property
     def embed_size(self) -> int:

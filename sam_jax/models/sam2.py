@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from sam_jax.config import Sam2Config
 from sam_jax.models.fpn_neck import Sam2ImageEncoder
-from sam_jax.models.layers import MLP
+from sam_jax.models.layers import MLP, Conv, Dense
 from sam_jax.models.memory_attention import MemoryAttention
 from sam_jax.models.memory_encoder import MemoryEncoder
 from sam_jax.models.prompt_encoder import PromptEncoder
@@ -110,13 +110,13 @@ class Sam2(nn.Module):
         self.no_obj_ptr = self.param("no_obj_ptr", init, (1, d), jnp.float32)
         self.obj_ptr_proj = MLP(d, d, 3)
         # Turns a full-size mask prompt into SAM-logit-scale stride-4 input (video mode).
-        self.mask_downsample = nn.Conv(1, (4, 4), strides=(4, 4), padding="VALID")
+        self.mask_downsample = Conv(1, (4, 4), strides=(4, 4), padding="VALID")
         if cfg.no_obj_embed_spatial:
             self.no_obj_embed_spatial = self.param(
                 "no_obj_embed_spatial", init, (1, mem), jnp.float32
             )
         if cfg.proj_tpos_enc_in_obj_ptrs:
-            self.obj_ptr_tpos_proj = nn.Dense(mem)
+            self.obj_ptr_tpos_proj = Dense(mem)
 
     # ----------------------------------------------------------------------------- image
 

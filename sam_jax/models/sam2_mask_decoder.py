@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sam_jax.models.layers import MLP, ConvTranspose2x2, Table, deinterleave, gelu, layer_norm
+from sam_jax.models.layers import MLP, Conv, ConvTranspose2x2, Table, deinterleave, gelu, layer_norm
 from sam_jax.models.mask_decoder import hypernetwork_masks
 from sam_jax.models.two_way_transformer import TwoWayTransformer
 
@@ -53,8 +53,8 @@ class Sam2MaskDecoder(nn.Module):
         self.output_upscaling_1 = layer_norm(1e-6)
         self.output_upscaling_3 = ConvTranspose2x2(d // 8, subpixel=True)
         # Projections of the two finest FPN levels, run once per image by the encoder.
-        self.conv_s0 = nn.Conv(d // 8, (1, 1))
-        self.conv_s1 = nn.Conv(d // 4, (1, 1))
+        self.conv_s0 = Conv(d // 8, (1, 1))
+        self.conv_s1 = Conv(d // 4, (1, 1))
         self.output_hypernetworks_mlps = [MLP(d, d // 8, 3) for _ in range(self.num_mask_tokens)]
         self.iou_prediction_head = MLP(
             self.iou_head_hidden_dim,

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax.models.layers import Table, layer_norm
+from sam_jax.models.layers import Conv, Dense, Table, layer_norm
 from sam_jax.models.sam3_config import Sam3DetectorConfig
 from sam_jax.models.sam3_detr_decoder import cxcywh_to_xyxy
 from sam_jax.models.sam3_encoder_layer import Sam3EncoderLayer
@@ -244,17 +244,17 @@ class Sam3GeometryEncoder(nn.Module):
         n = boxes.shape[1]
         boxes = boxes.astype(jnp.float32)
 
-        x = nn.Dense(d, dtype=dt, name="boxes_direct_project")(boxes)
+        x = Dense(d, dtype=dt, name="boxes_direct_project")(boxes)
         pooled = roi_align(
             layer_norm(1e-5, name="img_pre_norm")(image),
             cxcywh_to_xyxy(boxes) * jnp.asarray([w, h, w, h], jnp.float32),
             self.roi_size,
         )
-        pool_proj = nn.Conv(
+        pool_proj = Conv(
             d, (self.roi_size,) * 2, padding="VALID", dtype=dt, name="boxes_pool_project"
         )
         x = x + pool_proj(pooled.reshape(b * n, self.roi_size, self.roi_size, d)).reshape(b, n, d)
-        x = x + nn.Dense(d, dtype=dt, name="boxes_pos_enc_project")(box_sine_encoding(boxes, d))
+        x = x + Dense(d, dtype=dt, name="boxes_pos_enc_project")(box_sine_encoding(boxes, d))
         labels = labels.astype(jnp.int32)
         labels = jnp.where((labels == 0) | (labels == 1), labels, 2)  # 2: off the table, NaN
         labels_table = Table(2, d, name="label_embed")()
@@ -262,7 +262,7 @@ class Sam3GeometryEncoder(nn.Module):
 
         cls = Table(1, d, name="cls_embed")()[0]
         x, tokens_valid = insert_cls(x, valid, cls)
-        x = nn.Dense(d, dtype=dt, name="final_proj")(x)
+        x = Dense(d, dtype=dt, name="final_proj")(x)
         x = layer_norm(1e-5, name="norm", dtype=dt)(x)
 
         memory = image.reshape(b, h * w, d)

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from sam_jax.models.hiera import max_pool
-from sam_jax.models.layers import ConvTranspose2x2, gelu
+from sam_jax.models.layers import Conv, ConvTranspose2x2, gelu
 from sam_jax.models.position_encoding import sine_position_encoding
 from sam_jax.models.sam3_config import Sam3VisionConfig
 from sam_jax.models.sam3_vit import ViT
@@ -46,9 +46,9 @@ class NeckLevel(nn.Module):
             x = max_pool(x, 2)
         elif self.scale != 1.0:
             raise ValueError(f"neck scale must be one of 4, 2, 1, 0.5; got {self.scale}")
-        x = nn.Conv(self.d_model, (1, 1), dtype=dt, name="conv_1x1")(x)
+        x = Conv(self.d_model, (1, 1), dtype=dt, name="conv_1x1")(x)
         pad = ((1, 1), (1, 1))
-        return nn.Conv(self.d_model, (3, 3), padding=pad, dtype=dt, name="conv_3x3")(x)
+        return Conv(self.d_model, (3, 3), padding=pad, dtype=dt, name="conv_3x3")(x)
 
 
 class BackboneOutput(NamedTuple):

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam_jax.models.layers import layer_norm
+from sam_jax.models.layers import Dense, layer_norm
 from sam_jax.models.sam3_detr_decoder import DecoderOutput, cxcywh_to_xyxy
 
 SCORE_LOGIT_MAX = 12.0  # the reference clamps the dot-product logits to +-12
@@ -53,8 +53,8 @@ class PromptMLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        h = jax.nn.relu(nn.Dense(self.hidden_dim, name="layers_0")(x))
-        h = nn.Dense(x.shape[-1], name="layers_1")(h)
+        h = jax.nn.relu(Dense(self.hidden_dim, name="layers_0")(x))
+        h = Dense(x.shape[-1], name="layers_1")(h)
         return layer_norm(name="out_norm")(x + h)
 
 
@@ -78,8 +78,8 @@ class DotProductScoring(nn.Module):
         weight = prompt_valid.astype(f32)[..., None]  # (B, P, 1)
         count = jnp.maximum(jnp.sum(weight, axis=1), 1.0)  # (B, 1)
         pooled = jnp.sum(prompt * weight, axis=1) / count  # (B, D)
-        key = nn.Dense(self.d_proj, name="prompt_proj")(pooled)  # (B, d_proj)
-        queries = nn.Dense(self.d_proj, name="hs_proj")(hs.astype(f32))  # (..., B, Q, d_proj)
+        key = Dense(self.d_proj, name="prompt_proj")(pooled)  # (B, d_proj)
+        queries = Dense(self.d_proj, name="hs_proj")(hs.astype(f32))  # (..., B, Q, d_proj)
         scores = jnp.einsum("...bqc,bc->...bq", queries, key)[..., None]
         scores = scores * (1.0 / float(self.d_proj) ** 0.5)
         return jnp.clip(scores, -SCORE_LOGIT_MAX, SCORE_LOGIT_MAX)

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam_jax.models.layers import MLP, layer_norm
+from sam_jax.models.layers import MLP, Conv, layer_norm
 from sam_jax.models.mha import MultiheadAttention
 from sam_jax.models.resize import resize_nearest
 from sam_jax.models.sam3_config import Sam3DetectorConfig
@@ -66,7 +66,7 @@ class PixelDecoder(nn.Module):
         if not 1 <= len(levels) <= n + 1:
             raise ValueError(f"the pixel decoder takes 1 to {n + 1} levels; got {len(levels)}")
         convs = [
-            nn.Conv(d, (3, 3), padding=((1, 1), (1, 1)), dtype=dt, name=f"conv_layers_{i}")
+            Conv(d, (3, 3), padding=((1, 1), (1, 1)), dtype=dt, name=f"conv_layers_{i}")
             for i in range(n)
         ]
         norms = [
@@ -136,9 +136,9 @@ class UniversalSegmentationHead(nn.Module):
         b, (h, w) = states.shape[0], backbone_fpn[-1].shape[1:3]
         levels = [*backbone_fpn[:-1], states.reshape(b, h, w, d)]
         pixels = PixelDecoder(d, cfg.mask_upsampling_stages, dtype=dt, name="pixel_decoder")(levels)
-        instance = nn.Conv(d, (1, 1), dtype=dt, name="instance_seg_head")(pixels)
+        instance = Conv(d, (1, 1), dtype=dt, name="instance_seg_head")(pixels)
         masks = MaskPredictor(d, dtype=dt, name="mask_predictor")(queries, instance)
-        semantic = nn.Conv(1, (1, 1), dtype=dt, name="semantic_seg_head")(pixels)
+        semantic = Conv(1, (1, 1), dtype=dt, name="semantic_seg_head")(pixels)
         return SegmentationOutput(
             pred_masks=masks.astype(jnp.float32),
             semantic_seg=jnp.moveaxis(semantic, -1, 1).astype(jnp.float32),

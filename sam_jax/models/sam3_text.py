@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax.models.layers import Table, gelu, layer_norm
+from sam_jax.models.layers import Dense, Table, gelu, layer_norm
 from sam_jax.models.mha import MultiheadAttention
 from sam_jax.models.sam3_config import Sam3TextConfig
 
@@ -56,8 +56,8 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        h = gelu(nn.Dense(self.hidden, dtype=self.dtype, name="c_fc")(x))
-        return nn.Dense(x.shape[-1], dtype=self.dtype, name="c_proj")(h)
+        h = gelu(Dense(self.hidden, dtype=self.dtype, name="c_fc")(x))
+        return Dense(x.shape[-1], dtype=self.dtype, name="c_proj")(h)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -149,7 +149,7 @@ class Sam3TextEncoder(nn.Module):
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise ValueError(f"token ids must be integers, got {ids.dtype}")
         tokens, embeds = TextTransformer(cfg, self.remat, dtype=self.dtype, name="encoder")(ids)
-        features = nn.Dense(cfg.d_model, dtype=self.dtype, name="resizer")(tokens)
+        features = Dense(cfg.d_model, dtype=self.dtype, name="resizer")(tokens)
         return {
             "language_features": features.astype(jnp.float32),
             "language_valid": ids != 0,

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.models.attention import attention
-from sam_jax.models.layers import gelu, layer_norm
+from sam_jax.models.layers import Dense, gelu, layer_norm
 from sam_jax.models.remat import recompute_in_backward
 from sam_jax.models.rope import apply_rope
 from sam_jax.models.sam3_config import Sam3VisionConfig
@@ -80,14 +80,14 @@ class Attention(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         n, h, w, c = x.shape
         heads, hd = self.num_heads, c // self.num_heads
-        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(x).reshape(n, h * w, 3, heads, hd)
+        qkv = Dense(3 * c, dtype=self.dtype, name="qkv")(x).reshape(n, h * w, 3, heads, hd)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (n, h * w, heads, hd)
         cos, sin = scaled_axial_rope_tables(h, w, hd, self.rope_scale, self.rope_theta)
         # Tables (L, hd/2) broadcast over the heads axis that follows the tokens here.
         q = apply_rope(q, cos[:, None], sin[:, None])
         k = apply_rope(k, cos[:, None], sin[:, None])
         out = attention(q, k, v).reshape(n, h, w, c)
-        return nn.Dense(c, dtype=self.dtype, name="proj")(out)
+        return Dense(c, dtype=self.dtype, name="proj")(out)
 
 
 class Mlp(nn.Module):
@@ -98,8 +98,8 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        y = gelu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x))
-        return nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(y)
+        y = gelu(Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x))
+        return Dense(x.shape[-1], dtype=self.dtype, name="fc2")(y)
 
 
 class Block(nn.Module):

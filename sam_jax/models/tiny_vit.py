@@ -41,7 +41,7 @@ import numpy as np
 
 from sam_jax.config import TinyViTConfig
 from sam_jax.models.attention import attention
-from sam_jax.models.layers import gelu, layer_norm
+from sam_jax.models.layers import Conv, Dense, gelu, layer_norm
 from sam_jax.models.vit import neck, window_partition, window_unpartition
 
 # torch BatchNorm2d's defaults, in flax's convention (see the module docstring).
@@ -104,7 +104,7 @@ class Conv2dBN(nn.Module):
                 )
             x = DepthwiseConv(k, self.stride, dtype=self.dtype, name="c")(x)
         else:
-            x = nn.Conv(
+            x = Conv(
                 self.features,
                 (k, k),
                 strides=(self.stride, self.stride),
@@ -204,7 +204,7 @@ class Attention(nn.Module):
         heads, hd, dt = self.num_heads, c // self.num_heads, self.dtype
         x = layer_norm(1e-5, name="norm", dtype=dt)(x.reshape(n, ws * ws, c))
         # The reference lays qkv out head-major: each head's slice is [q | k | v].
-        qkv = nn.Dense(3 * c, dtype=dt, name="qkv")(x).reshape(n, ws * ws, heads, 3 * hd)
+        qkv = Dense(3 * c, dtype=dt, name="qkv")(x).reshape(n, ws * ws, heads, 3 * hd)
         q, k, v = jnp.split(qkv, 3, axis=-1)  # each (n, N, heads, hd)
         biases = self.param(
             "attention_biases", nn.initializers.zeros, (heads, ws * ws), jnp.float32
@@ -212,7 +212,7 @@ class Attention(nn.Module):
         # Float32 whatever the inputs: the bias joins the float32 logits.
         bias = biases[:, attention_bias_index(ws)]  # (heads, N, N)
         out = attention(q, k, v, bias=bias).reshape(n, ws * ws, c)
-        return nn.Dense(c, dtype=dt, name="proj")(out).reshape(n, ws, ws, c)
+        return Dense(c, dtype=dt, name="proj")(out).reshape(n, ws, ws, c)
 
 
 class Mlp(nn.Module):
@@ -224,8 +224,8 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         dt = self.dtype
-        h = nn.Dense(self.hidden, dtype=dt, name="fc1")(layer_norm(1e-5, name="norm", dtype=dt)(x))
-        return nn.Dense(x.shape[-1], dtype=dt, name="fc2")(gelu(h))
+        h = Dense(self.hidden, dtype=dt, name="fc1")(layer_norm(1e-5, name="norm", dtype=dt)(x))
+        return Dense(x.shape[-1], dtype=dt, name="fc2")(gelu(h))
 
 
 class TinyViTBlock(nn.Module):
@@ -370,4 +370,4 @@ class TinyViT(nn.Module):
         pooled = layer_norm(1e-5, name="norm_head")(x.mean(axis=(1, 2)))
         if self.config.num_classes <= 0:  # the reference's head is then an Identity
             return pooled
-        return nn.Dense(self.config.num_classes, name="head")(pooled)
+        return Dense(self.config.num_classes, name="head")(pooled)

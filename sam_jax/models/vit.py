@@ -17,7 +17,7 @@ import numpy as np
 
 from sam_jax.config import ViTConfig
 from sam_jax.models.attention import attention
-from sam_jax.models.layers import MLPBlock, layer_norm
+from sam_jax.models.layers import Conv, Dense, MLPBlock, layer_norm
 from sam_jax.models.remat import recompute_in_backward
 from sam_jax.models.resize import resize_linear_rows, resize_nearest
 
@@ -61,7 +61,7 @@ class RelPosAttention(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         n, h, w, c = x.shape
         heads, hd = self.num_heads, c // self.num_heads
-        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(x).reshape(n, h, w, 3, heads, hd)
+        qkv = Dense(3 * c, dtype=self.dtype, name="qkv")(x).reshape(n, h, w, 3, heads, hd)
         q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]  # (n, h, w, heads, hd)
         zeros = nn.initializers.zeros
         rel_pos_h = self.param("rel_pos_h", zeros, (2 * self.table_size - 1, hd), jnp.float32)
@@ -76,7 +76,7 @@ class RelPosAttention(nn.Module):
         out = attention(
             q.reshape(tokens), k.reshape(tokens), v.reshape(tokens), rel_pos=(rel_h, rel_w)
         )
-        return nn.Dense(c, dtype=self.dtype, name="proj")(out.reshape(n, h, w, c))
+        return Dense(c, dtype=self.dtype, name="proj")(out.reshape(n, h, w, c))
 
 
 class Block(nn.Module):
@@ -117,7 +117,7 @@ class PatchEmbed(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         p = self.patch_size
-        conv = nn.Conv(
+        conv = Conv(
             self.embed_dim,
             (p, p),
             strides=(p, p),
@@ -163,8 +163,8 @@ def neck(x: jnp.ndarray, out_chans: int, dtype: Any) -> jnp.ndarray:
     """SAM's encoder neck (1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d) as modules named
     neck_0 .. neck_3 of the calling compact module; the output is float32, whatever `dtype`
     the convolutions compute in, since the decoders run in float32."""
-    x = nn.Conv(out_chans, (1, 1), use_bias=False, dtype=dtype, name="neck_0")(x)
+    x = Conv(out_chans, (1, 1), use_bias=False, dtype=dtype, name="neck_0")(x)
     x = layer_norm(1e-6, name="neck_1", dtype=dtype)(x)
     pad = ((1, 1), (1, 1))
-    x = nn.Conv(out_chans, (3, 3), padding=pad, use_bias=False, dtype=dtype, name="neck_2")(x)
+    x = Conv(out_chans, (3, 3), padding=pad, use_bias=False, dtype=dtype, name="neck_2")(x)
     return layer_norm(1e-6, name="neck_3", dtype=jnp.float32)(x)
