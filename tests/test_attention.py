@@ -85,9 +85,10 @@ def test_blocked_matches_reference_outputs_and_gradients(case: str) -> None:
 
 
 @pytest.mark.parametrize("case", CASES + ["per_batch_bias"])
-def test_query_tiles_change_nothing(case: str, monkeypatch) -> None:
-    """The materialised path formed a tile of queries and one head at a time (what it does
-    past TILE_LOGITS_CPU logits per head on CPU) gives the same outputs and gradients as in one piece."""
+def test_pieces_change_nothing(case: str, monkeypatch) -> None:
+    """The materialised path in pieces (what it does past TILE_LOGITS_CPU logits on CPU: one
+    (batch, head) pair and a tile of queries, or a group of pairs, at a time) gives the same
+    outputs and gradients as in one piece."""
     if case == "per_batch_bias":  # broadcast over heads and queries: one table per pair
         q, k, v, rel_h, rel_w, _ = _inputs(3)
         bias = jax.random.normal(jax.random.PRNGKey(4), (B, 1, 1, NK))
@@ -100,16 +101,18 @@ def test_query_tiles_change_nothing(case: str, monkeypatch) -> None:
     else:
         loss, args, _ = _loss_and_args(case)
     results = []
-    for tile_logits in (1 << 22, 40):  # one piece; tiles of 8 queries, the last one padded
+    # One piece; tiles of 8 queries of one pair (the last tile padded); groups of 2 pairs.
+    for tile_logits in (1 << 22, 40, 2 * NQ * NK):
         monkeypatch.setattr(attn_mod, "TILE_LOGITS_CPU", tile_logits)
         grad = jax.value_and_grad(lambda *a: loss("reference", *a), (0, 1, 2, 3, 4, 5), True)
         results.append(jax.jit(grad)(*args))
     (_, whole), g_whole = results[0]
-    (_, tiled), g_tiled = results[1]
-    np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=2e-6)
-    for name, a, b in zip(("q", "k", "v", "bias", "rel_h", "rel_w"), g_whole, g_tiled, strict=True):
-        scale = float(np.max(np.abs(a))) or 1.0
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * scale, err_msg=name)
+    names = ("q", "k", "v", "bias", "rel_h", "rel_w")
+    for (_, pieces), g_pieces in results[1:]:
+        np.testing.assert_allclose(pieces, whole, rtol=1e-5, atol=2e-6)
+        for name, a, b in zip(names, g_whole, g_pieces, strict=True):
+            scale = float(np.max(np.abs(a))) or 1.0
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * scale, err_msg=name)
 
 
 def test_per_batch_bias_and_block_larger_than_keys() -> None:

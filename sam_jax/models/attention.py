@@ -16,8 +16,9 @@ head is shared by every head. The logits are (q . k) * scale (default D ** -0.5)
 Implementations (`impl`), equal to float32 rounding in outputs and gradients:
 
 - "reference": the (Nq, Nk) logits materialised, softmax normalised after the product
-  with v (one division per output, not per logit); on CPU, large ones a head and a tile
-  of queries at a time (`TILE_LOGITS_CPU`), so each tile's logits stay in cache;
+  with v (one division per output, not per logit); on CPU, large ones a few heads or
+  windows, or a tile of one head's queries, at a time (`TILE_LOGITS_CPU`), so each
+  piece's logits stay in cache;
 - "blocked": online softmax over key blocks of `block_size` (default: the module's
   `BLOCK_SIZE`, read at trace time) (flash-attention style, pure
   JAX, any platform) with a custom VJP that recomputes each block in the backward pass.
@@ -54,9 +55,9 @@ IMPLS = ("auto", "reference", "blocked", "cudnn")
 BLOCKED_ABOVE = 1 << 25
 BLOCKED_ABOVE_CPU = 1 << 30
 BLOCK_SIZE = 512
-# On CPU the materialised path forms at most about this many logits at once (one head, a
-# tile of queries): past it the softmax's passes over logits that no longer fit in cache, not
-# the products, set the time. Read at trace time.
+# On CPU the materialised path forms at most about this many logits at once (a few heads or
+# windows, or a tile of one head's queries): past it the softmax's passes over logits that
+# no longer fit in cache, not the products, set the time. Read at trace time.
 TILE_LOGITS_CPU = 1 << 22
 
 
@@ -152,8 +153,9 @@ def _reference(q, k, v, bias, rel_pos, key_mask, scale):
     Both products run head-major, (B, H, N, D), on the small operands' transposes: left to
     itself XLA:CPU transposes the (H, Nq, Nk) probabilities instead. The scale goes on q
     (as the reference ViT applies it), so the logits are never rescaled in a pass of their
-    own. On CPU, once a head has more than `TILE_LOGITS_CPU` logits, they are formed one head
-    and one tile of queries at a time (rows are independent, so the values are the same).
+    own. On CPU, past `TILE_LOGITS_CPU` logits, they are formed a few (batch, head) pairs or
+    one pair and a tile of queries at a time (rows are independent: the values are the
+    same).
     """
     heads_first = lambda x: x.transpose(0, 2, 1, 3)
     q = heads_first((q.astype(jnp.float32) * scale).astype(q.dtype))
@@ -162,9 +164,9 @@ def _reference(q, k, v, bias, rel_pos, key_mask, scale):
     if bias is not None:
         bias = jnp.asarray(bias)
         bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
-    tiles = -(-q.shape[2] * k.shape[2] // TILE_LOGITS_CPU)
-    if tiles > 1 and jax.default_backend() == "cpu":
-        out = _by_query_tiles(tiles, q, k, v, bias, rel_h, rel_w, key_mask)
+    logits = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
+    if logits > TILE_LOGITS_CPU and jax.default_backend() == "cpu":
+        out = _in_pieces(q, k, v, bias, rel_h, rel_w, key_mask)
     else:
         out = _softmax_product(q, k, v, bias, rel_h, rel_w, key_mask)
     return heads_first(out).astype(q.dtype)
@@ -200,41 +202,57 @@ def _softmax_product(q, k, v, bias, rel_h, rel_w, key_mask):
     return out / jnp.where(total > 0, total, 1)
 
 
-def _by_query_tiles(tiles, q, k, v, bias, rel_h, rel_w, key_mask):
-    """`_softmax_product` for one (batch, head) pair and one tile of about Nq / tiles
-    queries at a time (a `lax.map` over pairs, one over tiles): a tile's logits stay in
-    cache through the softmax's passes over them. Queries are zero-padded to whole tiles."""
+def _pieces(pairs: int, nq: int, nk: int) -> tuple[int, int]:
+    """(group, tiles): about `TILE_LOGITS_CPU` logits per step, as `group` (batch, head)
+    pairs (a divisor of `pairs`) at once when one pair's logits are fewer, else one pair
+    and a tile of queries out of `tiles`."""
+    per_pair = nq * nk
+    if per_pair >= TILE_LOGITS_CPU:
+        return 1, -(-per_pair // TILE_LOGITS_CPU)
+    most = TILE_LOGITS_CPU // per_pair
+    return max(g for g in range(1, min(most, pairs) + 1) if pairs % g == 0), 1
+
+
+def _in_pieces(q, k, v, bias, rel_h, rel_w, key_mask):
+    """`_softmax_product` a few (batch, head) pairs or one pair and a tile of queries at a
+    time (a `lax.map` over groups of pairs, one over query tiles; `_pieces`), so a step's
+    logits stay in cache through the softmax's passes over them. Queries are zero-padded
+    to whole tiles."""
     b, heads, nq, _ = q.shape
     nk = k.shape[2]
+    group, tiles = _pieces(b * heads, nq, nk)
+    if group == b * heads and tiles == 1:
+        return _softmax_product(q, k, v, bias, rel_h, rel_w, key_mask)
+    groups = b * heads // group
     size = -(-nq // tiles)
-    size += -size % 8
+    size += -size % 8 if tiles > 1 else 0
     tiles = -(-nq // size)
     pad = size * tiles - nq
 
-    def pairs(x):  # (B|1, H|1, ...) -> (B * H, ...)
+    def pairs(x):  # (B|1, H|1, ...) -> (groups, group, 1, ...): a group is a batch of pairs
         x = jnp.broadcast_to(x, (b, heads, *x.shape[2:]))
-        return x.reshape(b * heads, *x.shape[2:])
+        return x.reshape(groups, group, 1, *x.shape[2:])
 
-    def query_tiles(x):  # (B|1, H|1, Nq, ...) -> (B * H, tiles, 1, 1, size, ...)
+    def query_tiles(x):  # (B|1, H|1, Nq, ...) -> (groups, tiles, group, 1, size, ...)
         x = pairs(x)
-        x = jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
-        return x.reshape(b * heads, tiles, 1, 1, size, *x.shape[2:])
+        x = jnp.pad(x, ((0, 0),) * 3 + ((0, pad),) + ((0, 0),) * (x.ndim - 4))
+        x = x.reshape(groups, group, 1, tiles, size, *x.shape[4:])
+        return jnp.moveaxis(x, 3, 1)
 
     per_query = {"q": query_tiles(q)}
-    per_pair = {"k": pairs(k)[:, None, None], "v": pairs(v)[:, None, None]}
+    per_pair = {"k": pairs(k), "v": pairs(v)}
     if rel_h is not None:
         per_query["rel_h"], per_query["rel_w"] = query_tiles(rel_h), query_tiles(rel_w)
     if bias is not None:
         if bias.shape[2] == 1:
-            per_pair["bias"] = pairs(bias)[:, None, None]
+            per_pair["bias"] = pairs(bias)
         else:
             per_query["bias"] = query_tiles(bias)
     if key_mask is not None:
-        per_pair["key_mask"] = jnp.broadcast_to(key_mask[:, None], (b, heads, nk)).reshape(
-            b * heads, 1, nk
-        )
+        mask = jnp.broadcast_to(key_mask[:, None], (b, heads, nk))
+        per_pair["key_mask"] = mask.reshape(groups, group, nk)
 
-    def pair(xs):
+    def step(xs):
         tiled, fixed = xs
 
         def tile(t):
@@ -251,8 +269,9 @@ def _by_query_tiles(tiles, q, k, v, bias, rel_h, rel_w, key_mask):
 
         return jax.lax.map(tile, tiled)
 
-    out = jax.lax.map(pair, (per_query, per_pair))  # (B * H, tiles, 1, 1, size, Dv)
-    return out.reshape(b, heads, tiles * size, -1)[:, :, :nq]
+    out = jax.lax.map(step, (per_query, per_pair))  # (groups, tiles, group, 1, size, Dv)
+    out = jnp.moveaxis(out, 1, 3).reshape(b, heads, tiles * size, -1)
+    return out[:, :, :nq]
 
 
 def _cudnn(q, k, v, bias, rel_pos, key_mask, scale):
