@@ -19,7 +19,10 @@ from sam_jax.predictors.video import VideoPredictor
 from tests.test_video_api import BOX, DISC, H, W, _model, _propagate, _video, _vp
 from tests.tiny_configs import TINY2, random_variables
 
-ATOL = 1e-4  # one frame per scan here, chunks of 8 there: the same math, other fusion
+# One frame per scan here, chunks of 8 there: the same math, other fusion. Over 30 frames
+# of a random model's memory the rounding differences reach about 1e-5 of the logits'
+# magnitude (up to 2e-4 at logits of about 20); the masks' signs must agree exactly.
+ATOL = 5e-4
 
 
 def _stream(**kwargs) -> StreamTracker:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from collections.abc import Iterator
 
@@ -164,8 +165,9 @@ def _reference(q, k, v, bias, rel_pos, key_mask, scale):
     if bias is not None:
         bias = jnp.asarray(bias)
         bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
-    logits = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
-    if logits > TILE_LOGITS_CPU and jax.default_backend() == "cpu":
+    dims = (*q.shape[:3], k.shape[2])
+    static = all(isinstance(d, int) for d in dims)  # not so under shape-polymorphic export
+    if static and math.prod(dims) > TILE_LOGITS_CPU and jax.default_backend() == "cpu":
         out = _in_pieces(q, k, v, bias, rel_h, rel_w, key_mask)
     else:
         out = _softmax_product(q, k, v, bias, rel_h, rel_w, key_mask)
