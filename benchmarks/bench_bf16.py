@@ -64,14 +64,15 @@ def bench(name: str, runs: int) -> None:
     ref.eval()
     x = np.random.default_rng(0).standard_normal((1, 1024, 1024, 3)).astype(np.float32)
     x_t = to_nchw(x)
+    sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    variables = jax.device_put(state_dict_to_variables(sd, variable_shapes(build(name))))
+    del sd
     fns = {}
     for label, dtype in (("sam-jax f32", jnp.float32), ("sam-jax bf16", jnp.bfloat16)):
-        model = build(name, dtype=dtype)
-        sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
-        variables = jax.device_put(state_dict_to_variables(sd, variable_shapes(model)))
+        model = build(name, dtype=dtype)  # the same parameters; only the compute dtype
         encode = jax.jit(lambda v, im, m=model: m.apply(v, im, method="encode_image"))
         jax.block_until_ready(encode(variables, x))
-        fns[label] = lambda e=encode, v=variables: jax.block_until_ready(e(v, x))
+        fns[label] = lambda e=encode: jax.block_until_ready(e(variables, x))
 
     def torch_bf16():
         with torch.autocast("cpu", dtype=torch.bfloat16):
