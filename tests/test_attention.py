@@ -194,3 +194,39 @@ def test_models_agree_across_implementations(module: str, monkeypatch) -> None:
     flat_blk = jax.tree_util.tree_leaves(results["blocked"][1])
     for (path, g_ref), g_blk in zip(flat_ref, flat_blk, strict=True):
         np.testing.assert_allclose(g_blk, g_ref, rtol=1e-4, atol=1e-5, err_msg=str(path))
+
+
+def test_blocked_skips_wholly_masked_blocks_and_auto_takes_it_for_key_blocks(monkeypatch) -> None:
+    """A key block with no valid key (an empty memory slot) is skipped, not computed: NaN
+    keys and values there never reach the output or the gradients, which equal the
+    reference fed only the valid keys. `key_blocks` with a mask sends "auto" there."""
+    q, k, v, *_ = _inputs(6, nk=4 * BLOCK + 3)  # four whole blocks and a short one
+    mask = jnp.ones((B, k.shape[1]), bool).at[:, BLOCK : 3 * BLOCK].set(False)
+    k_nan = k.at[:, BLOCK : 3 * BLOCK].set(jnp.nan)
+    v_nan = v.at[:, BLOCK : 3 * BLOCK].set(jnp.nan)
+    keep = np.asarray(mask[0])
+
+    def loss(k, v):
+        out = attention(q, k, v, key_mask=mask, impl="blocked", block_size=BLOCK)
+        return jnp.sum(jnp.sin(out)), out
+
+    (_, out), (dk, dv) = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(k_nan, v_nan)
+
+    def kept(k, v):
+        return jnp.sum(jnp.sin(attention(q, k, v, impl="reference")))
+
+    want = attention(q, k[:, keep], v[:, keep], impl="reference")
+    dk_want, dv_want = jax.grad(kept, (0, 1))(k[:, keep], v[:, keep])
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(dk[:, keep], dk_want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dv[:, keep], dv_want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(dk[:, ~keep]), 0)
+    np.testing.assert_array_equal(np.asarray(dv[:, ~keep]), 0)
+
+    seen = []
+    real = attn_mod._blocked
+    monkeypatch.setattr(attn_mod, "_blocked", lambda *a: seen.append(a[-1]) or real(*a))
+    monkeypatch.setattr(attn_mod, "BLOCK_SIZE", 2 * BLOCK)
+    attention(q, k, v, key_mask=mask, key_blocks=3 * BLOCK)  # runs of 24: blocks of 12
+    attention(q, k, v, key_blocks=3 * BLOCK)  # nothing masked: nothing to skip
+    assert seen == [12]

@@ -30,6 +30,9 @@ Implementations (`impl`), equal to float32 rounding in outputs and gradients:
 - "auto": cudnn where allowed on GPU, else "blocked" when B * H * Nq * Nk exceeds
   `BLOCKED_ABOVE` logits (`BLOCKED_ABOVE_CPU` on CPU, where the blocked scan is slower
   for small attentions and memory is plentiful), else "reference". It never picks cudnn on CPU.
+  With `key_mask` and `key_blocks=n` (the keys come in runs of n that are often wholly
+  masked: a fixed-shape memory bank's empty slots) it takes "blocked" with key blocks
+  that tile those runs, since only the blocked path skips a block with no valid key.
 
 `impl=None` uses the process-wide default: the environment variable SAM_JAX_ATTENTION
 at import (one of the names above), else "auto"; change it with `set_default_impl(name)`
@@ -102,6 +105,7 @@ def attention(
     scale: float | None = None,
     impl: str | None = None,
     block_size: int | None = None,
+    key_blocks: int | None = None,
 ) -> jnp.ndarray:
     """softmax(q k^T * scale + bias terms) v; shapes and options in the module docstring."""
     b, nq, heads, d = q.shape
@@ -120,6 +124,8 @@ def attention(
     _check_impl(impl)
     if impl == "auto":
         impl = _choose(q, k, v, bias, rel_pos)
+        if impl == "reference" and key_mask is not None and key_blocks:
+            impl, block_size = "blocked", block_size or _run_block(key_blocks)
     if impl == "reference":
         return _reference(q, k, v, bias, rel_pos, key_mask, scale)
     if impl == "blocked":
@@ -135,6 +141,13 @@ def _cudnn_allowed(q, k, v, rel_pos) -> bool:
         and q.dtype in (jnp.float16, jnp.bfloat16)
         and q.shape[-1] <= 128
     )
+
+
+def _run_block(n: int) -> int:
+    """Key block for runs of n keys: the largest divisor of n up to BLOCK_SIZE (so blocks
+    never straddle two runs), or BLOCK_SIZE when that divisor is too small to be fast."""
+    best = max(d for d in range(1, min(n, BLOCK_SIZE) + 1) if n % d == 0)
+    return best if best * 4 >= min(n, BLOCK_SIZE) else BLOCK_SIZE
 
 
 def _choose(q, k, v, bias, rel_pos) -> str:

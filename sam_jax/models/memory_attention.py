@@ -72,9 +72,9 @@ class RoPEAttention(nn.Module):
         q = apply_rope(q.transpose(0, 2, 1, 3), cos, sin).transpose(0, 2, 1, 3)
         k = apply_rope_to_keys(k.transpose(0, 2, 1, 3), cos, sin, num_k_rope).transpose(0, 2, 1, 3)
 
-        # Masked keys take no part; a row with no valid key comes back as zeros. Long memory
-        # banks go through the blocked implementation ("auto"), never the full logits.
-        out = attention(q, k, vals, key_mask=key_mask)  # (B, Nq, H, hd or D_kv)
+        # Masked keys take no part; a row with no valid key comes back as zeros. With a mask
+        # ("auto") the blocked implementation skips the key blocks of empty frame slots.
+        out = attention(q, k, vals, key_mask=key_mask, key_blocks=h * w)  # (B, Nq, H, hd|D_kv)
         if project_after:
             full = v_proj(out).reshape(b, nq, heads, heads, hd)  # every head's columns
             out = jnp.diagonal(full, axis1=2, axis2=3).transpose(0, 1, 3, 2)  # its own
