@@ -9,7 +9,8 @@ head is shared by every head. The logits are (q . k) * scale (default D ** -0.5)
 - `rel_pos=(rel_h, rel_w)`: SAM ViT's decomposed relative position, the keys being the
   row-major tokens of a (kh, kw) grid (Nk = kh * kw); rel_h (B, H, Nq, kh) and
   rel_w (B, H, Nq, kw) add rel_h[.., key row] + rel_w[.., key column] to each logit;
-- `bias`: an additive term broadcastable to (B, H, Nq, Nk) (TinyViT's per-window table);
+- `bias`: an additive term broadcastable to (B, H, Nq, Nk) (TinyViT's per-window table),
+  finite (exclude keys with `key_mask`, not with -inf);
 - `key_mask` (B, Nk) bool: False keys get exactly zero weight; a query row with no valid
   key gives zeros (not NaN). Masked keys must still hold finite values (0 * NaN is NaN).
 
@@ -194,7 +195,10 @@ def _softmax_product(q, k, v, bias, rel_h, rel_w, key_mask):
     the row and column terms then broadcast along plain axes, where a flat key axis would
     cost every logit an index division."""
     f32 = jnp.float32
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=f32)
+    # k goes in as (..., D, Nk): XLA:CPU's batched product with the keys' channels on the
+    # last axis transposes every (window, head) pair's keys on the fly, several times slower
+    # for small windows than one transpose of k ahead of it.
+    logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=f32)
     b, heads, nq, nk = logits.shape
     grid = (nk,) if rel_h is None else (rel_h.shape[-1], rel_w.shape[-1])
     keys = tuple(range(-len(grid), 0))
@@ -210,12 +214,15 @@ def _softmax_product(q, k, v, bias, rel_h, rel_w, key_mask):
     if key_mask is not None:
         logits = jnp.where(on_grid(key_mask[:, None, None, :]), logits, -jnp.inf)
     top = jnp.max(logits, axis=keys, keepdims=True)
-    top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0))  # all-masked rows
-    e = jnp.exp(logits - top)
+    # The guards for rows with every key masked (max -inf, total 0: zeros, not NaN) only
+    # where a mask can cause them: each costs XLA:CPU a pass over the logits of its own.
+    if key_mask is not None:
+        top = jnp.where(jnp.isfinite(top), top, 0)
+    e = jnp.exp(logits - jax.lax.stop_gradient(top))
     total = jnp.sum(e, axis=keys).reshape(b, heads, nq, 1)
     e = e.reshape(b, heads, nq, nk).astype(v.dtype)
-    out = jnp.einsum("bhqk,bhkc->bhqc", e, v, preferred_element_type=f32)
-    return out / jnp.where(total > 0, total, 1)
+    out = jnp.matmul(e, v, preferred_element_type=f32)
+    return out / (total if key_mask is None else jnp.where(total > 0, total, 1))
 
 
 def _pieces(pairs: int, nq: int, nk: int) -> tuple[int, int]:
