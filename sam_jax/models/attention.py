@@ -65,6 +65,8 @@ BLOCK_SIZE = 512
 # windows, or a tile of one head's queries): past it the softmax's passes over logits that
 # no longer fit in cache, not the products, set the time. Read at trace time.
 TILE_LOGITS_CPU = 1 << 22
+# Below this many logits per (batch, head) pair the keys are transposed ahead of the product.
+SMALL_PRODUCT = 1 << 20
 
 
 def _check_impl(impl: str) -> None:
@@ -195,11 +197,16 @@ def _softmax_product(q, k, v, bias, rel_h, rel_w, key_mask):
     the row and column terms then broadcast along plain axes, where a flat key axis would
     cost every logit an index division."""
     f32 = jnp.float32
-    # k goes in as (..., D, Nk): XLA:CPU's batched product with the keys' channels on the
-    # last axis transposes every (window, head) pair's keys on the fly, several times slower
-    # for small windows than one transpose of k ahead of it.
-    logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=f32)
-    b, heads, nq, nk = logits.shape
+    b, heads, nq, _ = q.shape
+    nk = k.shape[2]
+    small = nq * nk < SMALL_PRODUCT
+    if small:
+        # Many small products (windows): XLA:CPU's batched product with the keys' channels
+        # on the last axis transposes each pair's keys on the fly, several times slower
+        # than one transpose of k ahead of it. Large ones (global tiles) run faster as is.
+        logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=f32)
+    else:
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=f32)
     grid = (nk,) if rel_h is None else (rel_h.shape[-1], rel_w.shape[-1])
     keys = tuple(range(-len(grid), 0))
 
@@ -214,15 +221,17 @@ def _softmax_product(q, k, v, bias, rel_h, rel_w, key_mask):
     if key_mask is not None:
         logits = jnp.where(on_grid(key_mask[:, None, None, :]), logits, -jnp.inf)
     top = jnp.max(logits, axis=keys, keepdims=True)
-    # The guards for rows with every key masked (max -inf, total 0: zeros, not NaN) only
-    # where a mask can cause them: each costs XLA:CPU a pass over the logits of its own.
-    if key_mask is not None:
+    # Guards for rows with every key masked (max -inf, total 0: zeros, not NaN) where a mask
+    # can cause them; for small products each costs XLA:CPU a pass over the logits. Large
+    # ones keep the first: without it XLA:CPU fuses the row max into the product, slower.
+    guard = key_mask is not None
+    if guard or not small:
         top = jnp.where(jnp.isfinite(top), top, 0)
     e = jnp.exp(logits - jax.lax.stop_gradient(top))
     total = jnp.sum(e, axis=keys).reshape(b, heads, nq, 1)
     e = e.reshape(b, heads, nq, nk).astype(v.dtype)
     out = jnp.matmul(e, v, preferred_element_type=f32)
-    return out / (total if key_mask is None else jnp.where(total > 0, total, 1))
+    return out / (jnp.where(total > 0, total, 1) if guard else total)
 
 
 def _pieces(pairs: int, nq: int, nk: int) -> tuple[int, int]:

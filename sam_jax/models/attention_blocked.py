@@ -38,7 +38,8 @@ def _block_logits(static, q, k_blk, j0, bias, rel_h, rel_w, mask_blk):
     """Logits of all queries against one key block (B, H, Nq, bs), masked keys at -inf."""
     kw = static[3]
     bs = k_blk.shape[2]
-    s = jnp.einsum("bhqd,bhkd->bhqk", q, k_blk, preferred_element_type=jnp.float32) * static[0]
+    kt = jnp.swapaxes(k_blk, -1, -2)  # (B, H, D, bs): see `attention._softmax_product`
+    s = jnp.matmul(q, kt, preferred_element_type=jnp.float32) * static[0]
     idx = j0 + jnp.arange(bs)
     if rel_h is not None:
         s = s + jnp.take(rel_h, idx // kw, axis=-1) + jnp.take(rel_w, idx % kw, axis=-1)
