@@ -27,7 +27,7 @@ from sam_jax.tracking.track_step import COND, STORED, TRACK, encode_frames
 SIZE = 64  # small inputs keep the compilations short
 # The exported decoder takes any number of points, so it runs the plain attention order;
 # the model with a fixed number takes the reassociated one: equal up to float rounding.
-TOL = {"rtol": 1e-5, "atol": 1e-4}
+TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,16 @@ def _image(seed: int = 0) -> np.ndarray:
 
 
 def _close(got, want) -> None:
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)
+    # The exported programs are shape-polymorphic, so attention takes its general form
+    # there, not the small-window one (pre-transposed keys) of a static trace: the same
+    # math summed in another order, so compared as max |got - want| / max |want|.
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape
+    if want.dtype == bool:
+        np.testing.assert_array_equal(got, want)
+        return
+    err = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+    assert err <= TOL, f"max |got - want| / max |want| = {err:.2e} > {TOL:.0e}"
 
 
 # Only jax, json and numpy: the program must run without sam-jax's code.

@@ -199,7 +199,8 @@ def _softmax_product(q, k, v, bias, rel_h, rel_w, key_mask):
     f32 = jnp.float32
     b, heads, nq, _ = q.shape
     nk = k.shape[2]
-    small = nq * nk < SMALL_PRODUCT
+    # (symbolic shapes, under shape-polymorphic export, take the general form)
+    small = isinstance(nq * nk, int) and nq * nk < SMALL_PRODUCT
     if small:
         # Many small products (windows): XLA:CPU's batched product with the keys' channels
         # on the last axis transposes each pair's keys on the fly, several times slower
