@@ -30,13 +30,13 @@ def blocked_attention(q, k, v, bias, rel_pos, key_mask, scale, block_size):
         bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
     rel_h, rel_w = (None, None) if rel_pos is None else rel_pos
     kw = 0 if rel_w is None else rel_w.shape[-1]
-    out = _flash((float(scale), bs, nk, kw), q, k, v, bias, rel_h, rel_w, key_mask)
+    out = _flash((float(scale), bs, kw), q, k, v, bias, rel_h, rel_w, key_mask)
     return out.transpose(0, 2, 1, 3)
 
 
 def _block_logits(static, q, k_blk, j0, bias, rel_h, rel_w, mask_blk):
     """Logits of all queries against one key block (B, H, Nq, bs), masked keys at -inf."""
-    kw = static[3]
+    kw = static[2]
     bs = k_blk.shape[2]
     kt = jnp.swapaxes(k_blk, -1, -2)  # (B, H, D, bs): see `attention._softmax_product`
     s = jnp.matmul(q, kt, preferred_element_type=jnp.float32) * static[0]
@@ -93,17 +93,17 @@ def _over_blocks(step, carry, bs, k, v, key_mask, out_axes=()):
         return None if x is None else jax.lax.slice_in_dim(x, lo, hi, axis=axis)
 
     parts = []
-    if whole:
-        xs = (
-            jnp.arange(0, whole, bs),
-            _blocks(part(k, 0, whole, 2), bs, 2),
-            _blocks(part(v, 0, whole, 2), bs, 2),
-            None if key_mask is None else _blocks(part(key_mask, 0, whole, 1), bs, 1),
-        )
-        carry, outs = jax.lax.scan(guarded, carry, xs)
-        parts.append(
-            [None if o is None else _unblocks(o, a) for o, a in zip(outs, out_axes, strict=True)]
-        )
+    # bs <= nk: there is always at least one whole block
+    xs = (
+        jnp.arange(0, whole, bs),
+        _blocks(part(k, 0, whole, 2), bs, 2),
+        _blocks(part(v, 0, whole, 2), bs, 2),
+        None if key_mask is None else _blocks(part(key_mask, 0, whole, 1), bs, 1),
+    )
+    carry, outs = jax.lax.scan(guarded, carry, xs)
+    parts.append(
+        [None if o is None else _unblocks(o, a) for o, a in zip(outs, out_axes, strict=True)]
+    )
     if whole < nk:
         xs = (whole, part(k, whole, nk, 2), part(v, whole, nk, 2), part(key_mask, whole, nk, 1))
         carry, outs = guarded(carry, xs)
@@ -168,7 +168,7 @@ def _sum_to(x, shape):
 def _flash_bwd(static, residuals, d_out):
     """Recomputes each block's probabilities from the saved log-sum-exp (flash attention's
     backward): memory stays (Nq, block) per head, as in the forward pass."""
-    scale, bs, _, kw = static
+    scale, bs, kw = static
     q, k, v, bias, rel_h, rel_w, key_mask, out, lse = residuals
     d_out = d_out.astype(jnp.float32)
     delta = jnp.sum(d_out * out.astype(jnp.float32), axis=-1, keepdims=True)  # (B, H, Nq, 1)
