@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from sam_jax.config import HieraConfig
 from sam_jax.models.attention import attention
-from sam_jax.models.layers import Conv, Dense, gelu, layer_norm
+from sam_jax.models.layers import Conv, Dense, MLPBlock, layer_norm
 from sam_jax.models.remat import recompute_in_backward
 from sam_jax.models.resize import bicubic_weights
 from sam_jax.models.vit import window_partition, window_unpartition
@@ -101,18 +101,6 @@ class MultiScaleAttention(nn.Module):
         return Dense(self.dim_out, dtype=self.dtype, name="proj")(out)
 
 
-class HieraMLP(nn.Module):
-    """Two Dense layers with exact GELU between them (torch names layers.0 / layers.1)."""
-
-    hidden_dim: int
-    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        h = gelu(Dense(self.hidden_dim, dtype=self.dtype, name="layers_0")(x))
-        return Dense(x.shape[-1], dtype=self.dtype, name="layers_1")(h)
-
-
 class MultiScaleBlock(nn.Module):
     """Pre-norm block: (B, H, W, dim) -> (B, H', W', dim_out); H' = H/2 when pooling."""
 
@@ -141,7 +129,10 @@ class MultiScaleBlock(nn.Module):
             x = window_unpartition(x, s.window_size // (stride or 1), hw)
         x = shortcut + x
         y = layer_norm(1e-6, name="norm2", dtype=dt)(x)
-        return x + HieraMLP(int(s.dim_out * self.mlp_ratio), dtype=dt, name="mlp")(y)
+        mlp = MLPBlock(
+            int(s.dim_out * self.mlp_ratio), names=("layers_0", "layers_1"), dtype=dt, name="mlp"
+        )
+        return x + mlp(y)
 
 
 class PatchEmbed(nn.Module):

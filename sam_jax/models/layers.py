@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -118,18 +119,77 @@ class MLP(nn.Module):
         return jax.nn.sigmoid(x) if self.sigmoid_output else x
 
 
+# A feed-forward over many tokens runs in chunks of rows on CPU, each chunk's hidden layer
+# (rows x hidden, at most this many elements) staying in cache between the two products:
+# written out whole, the wide hidden layer of a narrow block (Hiera's 96-wide first stage:
+# 65536 x 384) makes the first product memory-bound. A GPU takes the whole product.
+FF_CHUNK_ELEMENTS = 1 << 21
+
+
+def dense_params(module: nn.Module, name: str, in_dim: int, out_dim: int) -> dict:
+    """Declares `nn.Dense`'s parameters under `name` ({"kernel": (in_dim, out_dim), "bias":
+    (out_dim,)}, float32, flax's initialisers) without a submodule, for pure code."""
+
+    def init(key: jax.Array) -> dict:
+        kernel = nn.initializers.lecun_normal()(key, (in_dim, out_dim), jnp.float32)
+        return {"kernel": kernel, "bias": jnp.zeros((out_dim,), jnp.float32)}
+
+    return module.param(name, init)
+
+
+def dense(x: jnp.ndarray, p: dict, dtype: Any = None) -> jnp.ndarray:
+    """`nn.Dense` over parameters `p` from `dense_params`: (..., in) -> (..., out)."""
+    x, kernel, bias = nn.dtypes.promote_dtype(x, p["kernel"], p["bias"], dtype=dtype)
+    return dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ()))) + bias
+
+
+def feed_forward(
+    x: jnp.ndarray, p1: dict, p2: dict, activation: Any, dtype: Any = None
+) -> jnp.ndarray:
+    """dense(activation(dense(x, p1)), p2), token by token: (..., C) -> (..., C_out).
+
+    On CPU, inputs with more than `FF_CHUNK_ELEMENTS` hidden values go through in chunks of
+    rows (`lax.map`); every row's values are those of the whole product up to the
+    products' float rounding.
+    """
+
+    def ff(rows: jnp.ndarray) -> jnp.ndarray:
+        return dense(activation(dense(rows, p1, dtype)), p2, dtype)
+
+    lead, c = x.shape[:-1], x.shape[-1]
+    if not all(isinstance(d, int) for d in lead) or jax.default_backend() != "cpu":
+        return ff(x)  # symbolic shapes (export) and accelerators: one product
+    rows = math.prod(lead)
+    chunk = 1 << max(0, (FF_CHUNK_ELEMENTS // p1["kernel"].shape[1]).bit_length() - 1)
+    n = rows // chunk
+    if n < 2:
+        return ff(x)
+    flat = x.reshape(rows, c)
+    y = jax.lax.map(ff, flat[: n * chunk].reshape(n, chunk, c)).reshape(n * chunk, -1)
+    if n * chunk < rows:
+        y = jnp.concatenate([y, ff(flat[n * chunk :])])
+    return y.reshape(*lead, y.shape[-1])
+
+
 class MLPBlock(nn.Module):
-    """Transformer feed-forward: lin1 -> activation -> lin2."""
+    """Transformer feed-forward: Dense -> activation -> Dense, (..., C) -> (..., C).
+
+    `names` are the two layers' parameter names (SAM's lin1 / lin2, Hiera's layers_0 /
+    layers_1, timm's fc1 / fc2).
+    """
 
     mlp_dim: int
     activation: str = "gelu"
+    names: tuple[str, str] = ("lin1", "lin2")
     dtype: Any = None  # computation dtype; None: inputs promoted with the float32 parameters
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        c = x.shape[-1]
+        p1 = dense_params(self, self.names[0], c, self.mlp_dim)
+        p2 = dense_params(self, self.names[1], self.mlp_dim, c)
         act = gelu if self.activation == "gelu" else jax.nn.relu
-        h = act(Dense(self.mlp_dim, dtype=self.dtype, name="lin1")(x))
-        return Dense(x.shape[-1], dtype=self.dtype, name="lin2")(h)
+        return feed_forward(x, p1, p2, act, self.dtype)
 
 
 class ConvTranspose2x2(nn.Module):

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax.models.layers import Dense, Table, gelu, layer_norm
+from sam_jax.models.layers import Dense, MLPBlock, Table, layer_norm
 from sam_jax.models.mha import MultiheadAttention
 from sam_jax.models.sam3_config import Sam3TextConfig
 
@@ -48,18 +48,6 @@ def causal_bias(length: int) -> np.ndarray:
     return np.where(future, _MASKED, 0.0).astype(np.float32)[None, None]
 
 
-class Mlp(nn.Module):
-    """CLIP's feed-forward: c_fc -> GELU (erf) -> c_proj, (B, L, C) -> (B, L, C)."""
-
-    hidden: int
-    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        h = gelu(Dense(self.hidden, dtype=self.dtype, name="c_fc")(x))
-        return Dense(x.shape[-1], dtype=self.dtype, name="c_proj")(h)
-
-
 class ResidualAttentionBlock(nn.Module):
     """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). (B, L, C) -> (B, L, C)."""
 
@@ -73,7 +61,8 @@ class ResidualAttentionBlock(nn.Module):
         y = layer_norm(1e-5, name="ln_1", dtype=dt)(x)
         x = x + MultiheadAttention(self.num_heads, dtype=dt, name="attn")(y, bias=bias)
         y = layer_norm(1e-5, name="ln_2", dtype=dt)(x)
-        return x + Mlp(int(width * self.mlp_ratio), dtype=dt, name="mlp")(y)
+        mlp = MLPBlock(int(width * self.mlp_ratio), names=("c_fc", "c_proj"), dtype=dt, name="mlp")
+        return x + mlp(y)
 
 
 class Transformer(nn.Module):

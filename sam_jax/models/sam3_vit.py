@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.models.attention import attention
-from sam_jax.models.layers import Dense, gelu, layer_norm
+from sam_jax.models.layers import Dense, MLPBlock, layer_norm
 from sam_jax.models.remat import recompute_in_backward
 from sam_jax.models.rope import apply_rope
 from sam_jax.models.sam3_config import Sam3VisionConfig
@@ -90,18 +90,6 @@ class Attention(nn.Module):
         return Dense(c, dtype=self.dtype, name="proj")(out)
 
 
-class Mlp(nn.Module):
-    """fc1 -> exact GELU -> fc2 (timm's Mlp, as the reference builds it)."""
-
-    hidden_dim: int
-    dtype: Any = jnp.float32  # computation dtype (parameters stay float32)
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        y = gelu(Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x))
-        return Dense(x.shape[-1], dtype=self.dtype, name="fc2")(y)
-
-
 class Block(nn.Module):
     """Pre-norm block, (B, h, w, C) -> same; windowed (zero-padded to whole windows) when
     `window_size` > 0, else global."""
@@ -130,7 +118,8 @@ class Block(nn.Module):
             y = window_unpartition(y, ws, (h, w))
         x = x + y
         y = layer_norm(LN_EPS, name="norm2", dtype=dt)(x)
-        return x + Mlp(int(c * self.mlp_ratio), dtype=dt, name="mlp")(y)
+        mlp = MLPBlock(int(c * self.mlp_ratio), names=("fc1", "fc2"), dtype=dt, name="mlp")
+        return x + mlp(y)
 
 
 class ViT(nn.Module):
