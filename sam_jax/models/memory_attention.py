@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from sam_jax.models.attention import attention
-from sam_jax.models.layers import Dense, layer_norm
+from sam_jax.models.layers import Dense, dense_params, feed_forward, layer_norm
 from sam_jax.models.rope import apply_rope, apply_rope_to_keys, axial_rope_tables
 
 
@@ -108,9 +108,10 @@ class MemoryAttentionLayer(nn.Module):
         )
 
         x = layer_norm(name="norm3", dtype=dt)(tgt)
-        x = Dense(self.dim_feedforward, dtype=dt, name="linear1")(x)
-        x = Dense(tgt.shape[-1], dtype=dt, name="linear2")(jax.nn.relu(x))
-        return tgt + x
+        d = tgt.shape[-1]
+        p1 = dense_params(self, "linear1", d, self.dim_feedforward)
+        p2 = dense_params(self, "linear2", self.dim_feedforward, d)
+        return tgt + feed_forward(x, p1, p2, jax.nn.relu, dt)
 
 
 class MemoryAttention(nn.Module):

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam_jax.models.layers import Dense, layer_norm
+from sam_jax.models.layers import dense_params, feed_forward, layer_norm
 from sam_jax.models.mha import MultiheadAttention
 
 
@@ -69,6 +69,7 @@ class Sam3DecoderLayer(nn.Module):
         x = layer_norm(name="catext_norm")(x + text)
         image = attend("cross_attn", x + query_pos, memory + memory_pos, memory, bias=box_bias)
         x = layer_norm(name="norm1")(x + image)
-        h = jax.nn.relu(Dense(self.dim_feedforward, dtype=dt, name="linear1")(x))
-        h = Dense(x.shape[-1], dtype=dt, name="linear2")(h).astype(f32)
+        p1 = dense_params(self, "linear1", x.shape[-1], self.dim_feedforward)
+        p2 = dense_params(self, "linear2", self.dim_feedforward, x.shape[-1])
+        h = feed_forward(x, p1, p2, jax.nn.relu, dt).astype(f32)
         return layer_norm(name="norm3")(x + h)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from sam_jax.models.attention import attention
-from sam_jax.models.layers import MLP, MLPBlock, layer_norm
+from sam_jax.models.layers import MLPBlock, layer_norm
 
 # Up to this many tokens on one side an attention takes the reassociated order.
 FEW_TOKENS = 16
@@ -184,9 +184,8 @@ class TwoWayAttentionBlock(nn.Module):
         self.norm1 = layer_norm()
         self.cross_attn_token_to_image = Attention(d, h, r)
         self.norm2 = layer_norm()
-        self.mlp = (
-            MLP(self.mlp_dim, d, 2) if self.sam2_mlp_names else MLPBlock(self.mlp_dim, "relu")
-        )
+        names = ("layers_0", "layers_1") if self.sam2_mlp_names else ("lin1", "lin2")
+        self.mlp = MLPBlock(self.mlp_dim, "relu", names)
         self.norm3 = layer_norm()
         self.cross_attn_image_to_token = Attention(d, h, r)
         self.norm4 = layer_norm()
