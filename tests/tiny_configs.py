@@ -79,6 +79,12 @@ TINY2 = Sam2Config(
     memory_attention_mlp_dim=64,
 )
 
+# TINY2 with a one-layer mask decoder, for the training tests whose gradient programs go
+# through the tracking scan (the largest the suite compiles): a third of their compile time
+# is the decoder's second two-way layer, and one layer keeps every prompt and memory path
+# (the parity tests cover two).
+TINY2_1 = dataclasses.replace(TINY2, decoder_depth=1)
+
 
 def random_variables(model, seed: int = 0) -> dict:
     """Seeded random variables for `model`, drawn in numpy: what `sam_jax.init_params` gives
