@@ -14,6 +14,7 @@ from flax.traverse_util import flatten_dict
 from PIL import Image
 
 import sam_jax
+from sam_jax.checkpoint import build_from_config
 from sam_jax.cli import main
 from sam_jax.projects.shapes.synthetic import scene, video
 from sam_jax.train import finetune as ft
@@ -22,6 +23,7 @@ from sam_jax.train.lora import lora_merge
 from sam_jax.train.metrics_log import MetricsLog, read_metrics
 from sam_jax.train.step import TrainState
 from sam_jax.train.video_prompts import SAM2_TRAINING, VideoPrompting
+from tests.tiny_configs import TINY2_1, TINY_SAM, random_variables
 
 SIZE = 48  # the images on disk; the models letterbox them to their own input size
 
@@ -58,6 +60,20 @@ def write_davis(root, frames=3, size=SIZE):
             ids[masks[t, k]] = k + 1
         _palette_png(ids, root / "Annotations" / "v" / f"{t:05d}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+    """{"sam": path, "sam2": path}: the tests' tiny 64-px SAM and SAM 2 (tests/tiny_configs)
+    with random weights, saved as checkpoints, for the runs whose claim does not need the
+    bundled 256-px models (a run on those compiles its step at four times the pixels)."""
+    root = tmp_path_factory.mktemp("tiny_checkpoints")
+    paths = {}
+    for name, config in (("sam", TINY_SAM), ("sam2", TINY2_1)):
+        model = build_from_config(config)
+        paths[name] = str(root / f"{name}.safetensors")
+        sam_jax.save(paths[name], model, random_variables(model))
+    return paths
 
 
 def _flat(variables):
@@ -115,12 +131,15 @@ def test_cli_images_end_to_end(tmp_path, capsys):
     assert moved and all(k.startswith("params/mask_decoder/") for k in moved)
 
 
-def test_video_end_to_end(tmp_path):
+def test_video_end_to_end(tmp_path, tiny_checkpoints):
+    """A SAM 2 run on a video dataset (the tiny 64-px SAM 2: the video path is the driver's,
+    whatever the model): clips trained, evaluated by J&F with mask prompts, the image
+    encoder frozen."""
     data, out = write_davis(tmp_path / "davis"), tmp_path / "run"
     options = _options(
         data,
         out,
-        checkpoint="sam2_tiny_shapes",
+        checkpoint=tiny_checkpoints["sam2"],
         val=str(data),
         steps=1,
         objects_per_image=1,
@@ -136,7 +155,7 @@ def test_video_end_to_end(tmp_path):
     assert [r["step"] for r in evals] == [0, 1] and summary["eval"] == evals[-1]["eval"]
     assert all(0.0 <= r["eval"]["J&F"] <= 1.0 and r["eval"]["prompt"] == "mask" for r in evals)
     model, variables = sam_jax.load(summary["final"])
-    _, base = sam_jax.load("sam2_tiny_shapes")
+    _, base = sam_jax.load(tiny_checkpoints["sam2"])
     got, want = _flat(variables), _flat(base)
     moved = {k for k in got if not np.array_equal(got[k], want[k])}
     assert moved and not any(k.startswith("params/image_encoder/") for k in moved)
@@ -149,11 +168,14 @@ class Crash(Exception):
     """Stands for a run killed between two steps."""
 
 
-def test_resume_reaches_the_uninterrupted_parameters(tmp_path, monkeypatch):
+def test_resume_reaches_the_uninterrupted_parameters(tmp_path, monkeypatch, tiny_checkpoints):
     data = write_mask_folder(tmp_path / "data")
     # augmentation on and two micro-batches per step: the data order, the augmentation
     # draws, the step keys and the optimizer state must all continue where they stopped
+    # (on the tiny 64-px SAM, one corrective click instead of the default two: resuming is
+    # the driver's, whatever the model, and the click still draws from the step keys)
     kw = dict(steps=2, save_every=1, hflip=0.5, accumulate=2, trainable=("prompt_decoder",))
+    kw.update(checkpoint=tiny_checkpoints["sam"], corrections=1)
     whole = ft.finetune(_options(data, tmp_path / "whole", **kw))
     assert not whole["embedding_cache"]  # augmentation is on
 
