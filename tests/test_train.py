@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import sam_jax
 from sam_jax.checkpoint import build_from_config, variable_shapes
 from sam_jax.config import VARIANTS
 from sam_jax.projects.shapes.synthetic import scene, video
@@ -113,7 +112,7 @@ def test_loss_decreases_and_bf16_and_remat_run():
     """Steps with everything training lower the loss and move every module, never the
     buffers; the bf16-compute step with encoder remat runs on float32 parameters."""
     model = build_from_config(TINY)
-    variables = sam_jax.init_params(model, jax.random.key(0))
+    variables = random_variables(model)  # init_params compiles for 9 s
     before = jax.tree.map(np.array, variables)
     tx = make_optimizer(variables["params"], "all", 2e-3)
     x, t = scene_batch()
@@ -265,7 +264,7 @@ def test_several_objects_per_image_equal_repeating_the_image():
     from sam_jax.train.step import interactive_loss
 
     model = build_from_config(TINY)
-    variables = sam_jax.init_params(model, jax.random.key(0))
+    variables = random_variables(model)  # init_params compiles for 9 s
     x, _ = scene_batch(2)
     objs = np.stack([scene(i, 64)[1][:2] for i in range(2)])  # (2, K=2, S, S)
     loss = jax.jit(lambda x, t: interactive_loss(model, variables, x, t, jax.random.key(3), 1))
