@@ -109,6 +109,7 @@ def test_cli_images_end_to_end(tmp_path, capsys):
     argv = ["finetune", "--checkpoint", "sam_tiny_shapes", "--train", str(data)]
     argv += ["--val", str(data), "--out", str(out), "--steps", "2", "--batch-size", "1"]
     argv += ["--objects-per-image", "2", "--log-every", "1", "--eval-every", "0", "-q"]
+    argv += ["--corrections", "1"]  # one corrective click (default two): less to compile
     assert main(argv) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("step 2, loss ") and "val mIoU" in line and "embedding cache" in line
@@ -217,6 +218,7 @@ def test_lora_final_is_base_plus_merged_update(tmp_path):
         lora=2,
         lora_targets=("*mask_decoder/transformer/*_proj/kernel",),
         learning_rate=1e-2,
+        corrections=1,  # one corrective click (default two): less to compile
     )
     summary = ft.finetune(options)
     assert summary["embedding_cache"]
