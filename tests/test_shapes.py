@@ -17,6 +17,7 @@ from sam_jax.projects.shapes.repatch import repatch
 from sam_jax.projects.shapes.synthetic import scene, video
 from sam_jax.projects.shapes.variants import SAM_TINY_SHAPES_P16, variant_config
 from tests.test_train import TINY, scene_batch
+from tests.tiny_configs import random_variables
 
 
 def test_synthetic_data_masks_are_exact_and_visible():
@@ -124,7 +125,7 @@ def test_repatch_sees_the_image_as_the_old_model_sees_it_upsampled():
     enc = dataclasses.replace(TINY.encoder, global_attn_indexes=(0, 1))
     cfg = dataclasses.replace(TINY, encoder=enc)
     model = build_from_config(cfg)
-    variables = sam_jax.init_params(model, jax.random.key(0))
+    variables = random_variables(model)  # init_params compiles for 9 s
     params = variables["params"]
     for blk in ("blocks_0", "blocks_1"):  # zero-initialised tables would test nothing
         for t in ("rel_pos_h", "rel_pos_w"):
