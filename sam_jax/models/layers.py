@@ -171,6 +171,23 @@ def feed_forward(
     return y.reshape(*lead, y.shape[-1])
 
 
+def mlp_on(
+    module: nn.Module,
+    x: jnp.ndarray,
+    hidden: int,
+    names: tuple[str, str],
+    activation: Any,
+    dtype: Any = None,
+) -> jnp.ndarray:
+    """`feed_forward` with its two layers' parameters declared on `module` itself under
+    `names` (for modules whose reference keeps them beside other layers, not in a
+    submodule). (..., C) -> (..., C)."""
+    c = x.shape[-1]
+    p1 = dense_params(module, names[0], c, hidden)
+    p2 = dense_params(module, names[1], hidden, c)
+    return feed_forward(x, p1, p2, activation, dtype)
+
+
 class MLPBlock(nn.Module):
     """Transformer feed-forward: Dense -> activation -> Dense, (..., C) -> (..., C).
 
@@ -185,11 +202,8 @@ class MLPBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        c = x.shape[-1]
-        p1 = dense_params(self, self.names[0], c, self.mlp_dim)
-        p2 = dense_params(self, self.names[1], self.mlp_dim, c)
         act = gelu if self.activation == "gelu" else jax.nn.relu
-        return feed_forward(x, p1, p2, act, self.dtype)
+        return mlp_on(self, x, self.mlp_dim, self.names, act, self.dtype)
 
 
 class ConvTranspose2x2(nn.Module):

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from sam_jax.models.attention import attention
-from sam_jax.models.layers import Dense, dense_params, feed_forward, layer_norm
+from sam_jax.models.layers import Dense, layer_norm, mlp_on
 from sam_jax.models.rope import apply_rope, apply_rope_to_keys, axial_rope_tables
 
 
@@ -108,10 +108,8 @@ class MemoryAttentionLayer(nn.Module):
         )
 
         x = layer_norm(name="norm3", dtype=dt)(tgt)
-        d = tgt.shape[-1]
-        p1 = dense_params(self, "linear1", d, self.dim_feedforward)
-        p2 = dense_params(self, "linear2", self.dim_feedforward, d)
-        return tgt + feed_forward(x, p1, p2, jax.nn.relu, dt)
+        names = ("linear1", "linear2")
+        return tgt + mlp_on(self, x, self.dim_feedforward, names, jax.nn.relu, dt)
 
 
 class MemoryAttention(nn.Module):

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam_jax.models.layers import dense_params, feed_forward, layer_norm
+from sam_jax.models.layers import layer_norm, mlp_on
 from sam_jax.models.mha import MultiheadAttention
 
 
@@ -69,7 +69,6 @@ class Sam3DecoderLayer(nn.Module):
         x = layer_norm(name="catext_norm")(x + text)
         image = attend("cross_attn", x + query_pos, memory + memory_pos, memory, bias=box_bias)
         x = layer_norm(name="norm1")(x + image)
-        p1 = dense_params(self, "linear1", x.shape[-1], self.dim_feedforward)
-        p2 = dense_params(self, "linear2", self.dim_feedforward, x.shape[-1])
-        h = feed_forward(x, p1, p2, jax.nn.relu, dt).astype(f32)
+        names = ("linear1", "linear2")
+        h = mlp_on(self, x, self.dim_feedforward, names, jax.nn.relu, dt).astype(f32)
         return layer_norm(name="norm3")(x + h)

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam_jax.models.layers import dense_params, feed_forward, layer_norm
+from sam_jax.models.layers import layer_norm, mlp_on
 from sam_jax.models.mha import MultiheadAttention
 
 
@@ -107,6 +107,5 @@ class Sam3EncoderLayer(nn.Module):
         x = x + cross(q, k, mem, key_mask=memory_valid)
 
         y = layer_norm(1e-5, name="norm3", dtype=dt)(x)
-        p1 = dense_params(self, "linear1", x.shape[-1], self.dim_feedforward)
-        p2 = dense_params(self, "linear2", self.dim_feedforward, x.shape[-1])
-        return x + feed_forward(y, p1, p2, jax.nn.relu, dt)
+        names = ("linear1", "linear2")
+        return x + mlp_on(self, y, self.dim_feedforward, names, jax.nn.relu, dt)

@@ -41,7 +41,7 @@ import numpy as np
 
 from sam_jax.config import TinyViTConfig
 from sam_jax.models.attention import attention
-from sam_jax.models.layers import Conv, Dense, dense_params, feed_forward, gelu, layer_norm
+from sam_jax.models.layers import Conv, Dense, gelu, layer_norm, mlp_on
 from sam_jax.models.vit import neck, window_partition, window_unpartition
 
 # torch BatchNorm2d's defaults, in flax's convention (see the module docstring).
@@ -224,10 +224,8 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         dt = self.dtype
-        y, c = layer_norm(1e-5, name="norm", dtype=dt)(x), x.shape[-1]
-        p1 = dense_params(self, "fc1", c, self.hidden)
-        p2 = dense_params(self, "fc2", self.hidden, c)
-        return feed_forward(y, p1, p2, gelu, dt)
+        y = layer_norm(1e-5, name="norm", dtype=dt)(x)
+        return mlp_on(self, y, self.hidden, ("fc1", "fc2"), gelu, dt)
 
 
 class TinyViTBlock(nn.Module):
