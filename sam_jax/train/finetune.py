@@ -171,23 +171,36 @@ def _embedding_cache(options: FinetuneOptions, model: Any, variables: Any, train
     )
 
 
-def setup(options: FinetuneOptions) -> _Setup:
-    """Load the checkpoint and data and build the optimizer and step `options` ask for."""
-    o = options
-    train, val = _data(o)
-    model, variables = load(o.checkpoint)
-    video = isinstance(train, VideoDataset)
-    if video and not isinstance(model.config, Sam2Config):
-        raise ValueError(
-            f"{o.train} is a video dataset: it trains SAM 2 checkpoints, not {model.config.name}"
-        )
-    state_vars, transform = _lora(o, variables)
-    rule = _trainable(o, state_vars["params"], video)
-    schedule = _schedule(o, o.learning_rate)
+# The optimizers and jitted steps of recent runs, keyed on what defines them (`_step_key`):
+# a run with the same model configuration and step options (a resumed run, another seed or
+# dataset) reuses the step, which jax.jit then neither traces nor compiles again. A few are
+# kept; each holds its compiled programs.
+_STEPS: dict[tuple, tuple[Any, Any]] = {}
+_STEPS_KEPT = 4
+# Options that do not enter the optimizer or the step: the data, the run folder, and those
+# that may change on resume (RUN_ONLY). The parameter tree, which the optimizer's labels
+# follow, is a function of the model's configuration (and --lora, an option).
+_NOT_IN_STEP = RUN_ONLY | {"checkpoint", "train", "images", "out"}
+
+
+def _step_key(options: FinetuneOptions, config: Any, video: bool) -> tuple:
+    """What the optimizer and step of a run are functions of: the model's configuration,
+    the data's kind and the options but _NOT_IN_STEP (all hashable: frozen dataclasses,
+    tuples, numbers, strings)."""
+    fields = dataclasses.fields(options)
+    chosen = tuple((f.name, getattr(options, f.name)) for f in fields if f.name not in _NOT_IN_STEP)
+    return config, video, chosen
+
+
+def _optimizer_and_step(
+    o: FinetuneOptions, model: Any, video: bool, params: Any, rule: Any, transform: Any
+) -> tuple[Any, Any]:
+    """(the optimizer, the jitted train step) `o` asks for, for the state's `params` with
+    the trainable `rule` and the LoRA `transform` (or None)."""
     tx = make_optimizer(
-        state_vars["params"],
+        params,
         rule,
-        schedule,
+        _schedule(o, o.learning_rate),
         o.weight_decay,
         o.clip_norm,
         encoder_learning_rate=_schedule(o, o.encoder_learning_rate),
@@ -195,7 +208,6 @@ def setup(options: FinetuneOptions) -> _Setup:
     )
     run_model = build_from_config(model.config, remat=True) if o.remat else model
     if video:
-        o.prompting().check_clip(o.clip_len)
         loss_fn = functools.partial(clip_loss, prompting=o.prompting())
     else:
         loss_fn = interactive_loss
@@ -209,6 +221,31 @@ def setup(options: FinetuneOptions) -> _Setup:
         transform=transform,
         accumulate=o.accumulate,
     )
+    return tx, step
+
+
+def setup(options: FinetuneOptions) -> _Setup:
+    """Load the checkpoint and data and build the optimizer and step `options` ask for."""
+    o = options
+    train, val = _data(o)
+    model, variables = load(o.checkpoint)
+    video = isinstance(train, VideoDataset)
+    if video and not isinstance(model.config, Sam2Config):
+        raise ValueError(
+            f"{o.train} is a video dataset: it trains SAM 2 checkpoints, not {model.config.name}"
+        )
+    state_vars, transform = _lora(o, variables)
+    rule = _trainable(o, state_vars["params"], video)
+    schedule = _schedule(o, o.learning_rate)
+    if video:
+        o.prompting().check_clip(o.clip_len)
+    key = _step_key(o, model.config, video)
+    if key not in _STEPS:
+        params = state_vars["params"]
+        _STEPS[key] = _optimizer_and_step(o, model, video, params, rule, transform)
+        while len(_STEPS) > _STEPS_KEPT:
+            _STEPS.pop(next(iter(_STEPS)))  # the oldest
+    tx, step = _STEPS[key]
     cache = None
     if _uses_cache(o, trainable_labels(state_vars["params"], rule), video):
         cache = _embedding_cache(o, model, variables, train)
