@@ -3,6 +3,7 @@
     python benchmarks/op_profile.py sam2.1_t encoder      # image encoder at the variant's size
     python benchmarks/op_profile.py sam_b decoder         # one click, from cached embeddings
     python benchmarks/op_profile.py sam_b encoder --dtype bfloat16
+    python benchmarks/op_profile.py sam2.1_t memory       # memory attention, a full bank
 
 Runs the jitted function under `jax.profiler.trace` (a Perfetto trace: XLA:CPU records each
 fused operation it executes), reads the optimised HLO that XLA dumps for the same program to
@@ -34,7 +35,8 @@ import sam_jax  # noqa: E402
 
 
 def program(variant: str, what: str, dtype: str = "float32"):
-    """(jitted function, its arguments) for the variant's encoder or a one-click decode."""
+    """(jitted function, its arguments) for the variant's encoder, a one-click decode, or
+    (SAM 2) the memory attention over a full bank: every memory slot and pointer valid."""
     model = sam_jax.build(variant, dtype=jnp.dtype(dtype))
     s = model.config.image_size
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, s, s, 3), np.float32))
@@ -42,6 +44,26 @@ def program(variant: str, what: str, dtype: str = "float32"):
     encode = jax.jit(lambda v, x: model.apply(v, x, method="encode_image"))
     if what == "encoder":
         return encode, (params, x)
+    if what == "memory":
+        cfg = model.config
+        g = s // 16
+        n_ptr = cfg.max_obj_ptrs_in_encoder * 4  # a 256-d pointer is 4 tokens of 64
+        m = cfg.num_maskmem * g * g + n_ptr
+        rng = np.random.default_rng(1)
+        curr, pos = (jnp.asarray(rng.standard_normal((1, g * g, 256), np.float32)) for _ in "ab")
+        mem, mem_pos = (jnp.asarray(rng.standard_normal((1, m, 64), np.float32)) for _ in "ab")
+        valid = jnp.ones((1, m), bool)
+
+        def attend(v, *a):
+            return model.apply(
+                v,
+                *a,
+                method=lambda mod, c, p, mm, mp, mk: mod.memory_attention(
+                    c, p, mm, mp, n_ptr, mk, (g, g)
+                ),
+            )
+
+        return jax.jit(attend), (params, curr, pos, mem, mem_pos, valid)
     feats = encode(params, x)
     pts, lab = jnp.asarray([[[s * 0.4, s * 0.3]]]), jnp.asarray([[1]])
     decode = jax.jit(
@@ -87,7 +109,7 @@ def sources(times: collections.Counter) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("variant")
-    ap.add_argument("what", choices=("encoder", "decoder"))
+    ap.add_argument("what", choices=("encoder", "decoder", "memory"))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--ops", action="store_true", help="also list the slowest operations")
