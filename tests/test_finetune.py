@@ -104,9 +104,12 @@ def _error_line(capsys) -> str:
 # ---------------------------------------------------------------------------- end to end
 
 
-def test_cli_images_end_to_end(tmp_path, capsys):
+def test_cli_images_end_to_end(tmp_path, capsys, tiny_checkpoints):
+    """(On the tiny 64-px SAM: the command line and the run folder are the driver's,
+    whatever the model; the bundled models load by name in test_errors_are_one_line.)"""
     data, out = write_mask_folder(tmp_path / "data"), tmp_path / "run"
-    argv = ["finetune", "--checkpoint", "sam_tiny_shapes", "--train", str(data)]
+    ckpt = tiny_checkpoints["sam"]
+    argv = ["finetune", "--checkpoint", ckpt, "--train", str(data)]
     argv += ["--val", str(data), "--out", str(out), "--steps", "2", "--batch-size", "1"]
     argv += ["--objects-per-image", "2", "--log-every", "1", "--eval-every", "0", "-q"]
     argv += ["--corrections", "1"]  # one corrective click (default two): less to compile
@@ -124,8 +127,8 @@ def test_cli_images_end_to_end(tmp_path, capsys):
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
     # final.safetensors is an ordinary model: the decoder moved, the rest did not
     model, variables = sam_jax.load(out / "final.safetensors")
-    _, base = sam_jax.load("sam_tiny_shapes")
-    assert model.config == sam_jax.load("sam_tiny_shapes")[0].config
+    base_model, base = sam_jax.load(ckpt)
+    assert model.config == base_model.config
     got, want = _flat(variables), _flat(base)
     assert got.keys() == want.keys()
     moved = {k for k in got if not np.array_equal(got[k], want[k])}
@@ -146,6 +149,7 @@ def test_video_end_to_end(tmp_path, tiny_checkpoints):
         objects_per_image=1,
         clip_len=2,
         warmup=0,  # the one step at the peak rate (a warm-up starts at 0)
+        corrections=0,  # no corrective click (default one): less to compile
     )
     summary = ft.finetune(options)
     assert not summary["embedding_cache"]  # clips are encoded in the step
@@ -209,12 +213,14 @@ def test_resume_reaches_the_uninterrupted_parameters(tmp_path, monkeypatch, tiny
 # ---------------------------------------------------------------------------------- LoRA
 
 
-def test_lora_final_is_base_plus_merged_update(tmp_path):
+def test_lora_final_is_base_plus_merged_update(tmp_path, tiny_checkpoints):
     data, out = write_mask_folder(tmp_path / "data"), tmp_path / "run"
-    # adapters on the decoder's attention only: the encoder stays as loaded (cache used)
+    # adapters on the decoder's attention only: the encoder stays as loaded (cache used);
+    # the tiny 64-px SAM: merging is LoRA's, whatever the model
     options = _options(
         data,
         out,
+        checkpoint=tiny_checkpoints["sam"],
         lora=2,
         lora_targets=("*mask_decoder/transformer/*_proj/kernel",),
         learning_rate=1e-2,
@@ -225,7 +231,7 @@ def test_lora_final_is_base_plus_merged_update(tmp_path):
     run = ft.setup(options)
     like = TrainState.create(run.variables, run.tx)
     tree = TrainCheckpoints(out / "checkpoints").restore(like).variables["params"]
-    _, base = sam_jax.load("sam_tiny_shapes")
+    _, base = sam_jax.load(tiny_checkpoints["sam"])
     np.testing.assert_equal(_flat(tree["base"]), _flat(base["params"]))  # base frozen
     assert any(np.abs(b).max() > 0 for b in jax.tree.leaves(tree["lora"]))  # it trained
     merged = _flat(lora_merge(tree, run.transform.keywords["config"]))
