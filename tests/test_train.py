@@ -209,10 +209,17 @@ def tiny_sam2():
     return model, random_variables(model)
 
 
-def test_clip_step_trains_through_the_tracking_memory(tiny_sam2):
+def test_clip_gradients_go_through_the_tracking_memory_with_or_without_remat(tiny_sam2):
     """SAM 2 through the scan: frame 2's loss reaches the memory that frame 1 wrote inside
     the scan (the temporal encoding of a memory one frame back, row 0 of maskmem_tpos_enc,
-    is used by nothing else), and steps on one clip lower its loss."""
+    is used by nothing else), and steps on one clip lower its loss; remat_frames (frames
+    encoded one at a time, each tracked frame recomputed in the backward pass) gives the
+    clip loss and its gradients of the batched, stored pass. (One compiled gradient
+    program of each pass serves both claims: the steps are that gradient and the
+    optimizer's update, as make_train_step's are; make_train_step with clip_loss runs in
+    test_finetune's video run.)"""
+    import optax
+
     from sam_jax.train.batching import normalise
     from sam_jax.train.video_step import clip_loss
 
@@ -225,12 +232,34 @@ def test_clip_step_trains_through_the_tracking_memory(tiny_sam2):
     areas = masks[0].reshape(masks.shape[1], -1).sum(1)
     clips = normalise(frames[None], TINY2)
     targets = masks[None, :, int(np.argmax(areas))]
+
+    def loss_and_grads(remat_frames: bool):
+        # no corrective click (less to compile): the image-mode test below runs clip_loss
+        # with one
+        def loss(params):
+            v = {**variables, "params": params}
+            return clip_loss(model, v, clips, targets, jax.random.key(1), 0, remat_frames)
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))
+
+    plain = loss_and_grads(False)
+    (l_plain, _), g_plain = plain(variables["params"])
+    (l_remat, _), g_remat = loss_and_grads(True)(variables["params"])
+    np.testing.assert_allclose(float(l_remat), float(l_plain), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_remat), jax.tree.leaves(g_plain), strict=True):
+        # float32 rounding: the frames' matmuls are batched differently
+        atol = 1e-5 * max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=atol)
+
     tx = make_optimizer(variables["params"], "all", 1e-3, weight_decay=0.0)
-    # no corrective click (less to compile): the image-mode test below runs clip_loss with one
-    step = make_train_step(model, tx, num_corrections=0, loss_fn=clip_loss)
+
+    @jax.jit
+    def update(params, grads, opt_state):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
     before = jax.tree.map(np.asarray, variables["params"])
-    state, met = step(TrainState.create(variables, tx), clips, targets, jax.random.key(1))
-    after = state.variables["params"]
+    after, opt_state = update(variables["params"], g_plain, tx.init(variables["params"]))
 
     def changed(*path):
         a, b = before, after
@@ -250,10 +279,11 @@ def test_clip_step_trains_through_the_tracking_memory(tiny_sam2):
             jax.tree.map(lambda a, b: np.abs(np.asarray(b) - a).max(), before[name], after[name])
         )
         assert max(leaves) > 0, name
-    first = float(met["loss"])
+    first, params = float(l_plain), after
     for _ in range(8):
-        state, met = step(state, clips, targets, jax.random.key(1))
-    assert np.isfinite(first) and float(met["loss"]) < first
+        (loss, _), grads = plain(params)
+        params, opt_state = update(params, grads, opt_state)
+    assert np.isfinite(first) and float(loss) < first
     with pytest.raises(ValueError, match="clips must be"):
         clip_loss(model, variables, clips[:, :1], targets[:, :1], jax.random.key(0))
 
@@ -472,32 +502,6 @@ def test_optimizer_accumulation_keeps_state_for_trained_leaves_only():
         updates, state = tx.update(grads, state, params)
         moved = _changed_modules(params, jax.tree.map(lambda p, u: p + u, params, updates))
         assert moved == (set() if call == 0 else {"mask_decoder"}), (call, moved)
-
-
-def test_clip_remat_frames_changes_memory_not_results(tiny_sam2):
-    """remat_frames (frames encoded one at a time, each tracked frame recomputed in the
-    backward pass) gives the clip loss and its gradients of the batched, stored pass."""
-    from sam_jax.train.batching import normalise
-    from sam_jax.train.video_step import clip_loss
-
-    model, variables = tiny_sam2
-    frames, masks = video(5, 3, 64)
-    clips = normalise(frames[None], TINY2)
-    targets = masks[None, :, int(np.argmax(masks[0].reshape(masks.shape[1], -1).sum(1)))]
-
-    def loss_and_grads(remat_frames: bool):
-        def loss(params):
-            v = {**variables, "params": params}
-            return clip_loss(model, v, clips, targets, jax.random.key(4), 0, remat_frames)[0]
-
-        return jax.jit(jax.value_and_grad(loss))(variables["params"])
-
-    (plain, g_plain), (remat, g_remat) = loss_and_grads(False), loss_and_grads(True)
-    np.testing.assert_allclose(float(remat), float(plain), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(g_remat), jax.tree.leaves(g_plain), strict=True):
-        # float32 rounding: the frames' matmuls are batched differently
-        atol = 1e-5 * max(1.0, float(np.abs(b).max()))
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=atol)
 
 
 def test_empty_targets_get_padding_prompts_and_rows_draw_alone():
