@@ -1,0 +1,112 @@
+"""Where a tracked frame's time goes: the image encoder and the memory attention over a full
+bank, sam-jax against the ultralytics reference's own modules, interleaved in one process.
+
+A sam2.1_t frame at 1024 px, once every memory slot is in use, is one image encoding plus
+the memory attention over 7 frames of 64x64 memory tokens and 16 object pointers (4 tokens
+each); the memory encoder, the mask decoder and the output resizing are the small rest
+(compare the sum with `bench_video.py`'s seconds per frame). Same random weights and inputs
+on both sides; medians of `--runs` calls each, after one warm-up call.
+
+Run: .venv/bin/python benchmarks/video_parts.py [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+
+    import jax
+    import torch
+    from bench_video import build_reference
+
+    from sam_jax.checkpoint import build_from_config, variable_shapes
+    from sam_jax.convert.keymap import state_dict_to_variables
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg, ref = build_reference(1024)
+    model = build_from_config(cfg)
+    sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    params = jax.device_put(state_dict_to_variables(sd, variable_shapes(model)))
+
+    g = cfg.image_size // 16
+    n_ptr = 4 * cfg.max_obj_ptrs_in_encoder
+    m = cfg.num_maskmem * g * g + n_ptr
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((1, cfg.image_size, cfg.image_size, 3)).astype(np.float32)
+    curr, curr_pos = (rng.standard_normal((1, g * g, 256)).astype(np.float32) for _ in "ab")
+    mem, mem_pos = (rng.standard_normal((1, m, 64)).astype(np.float32) for _ in "ab")
+    valid = np.ones((1, m), bool)
+
+    def attend(v, *a):
+        def run(mod, c, cp, mm, mp, mk):
+            return mod.memory_attention(c, cp, mm, mp, n_ptr, mk, (g, g))
+
+        return model.apply(v, *a, method=run)
+
+    encode = jax.jit(lambda v, x: model.apply(v, x, method="encode_image"))
+    encode = encode.lower(params, image).compile()
+    mem_args = (params, curr, curr_pos, mem, mem_pos, valid)
+    memory = jax.jit(attend).lower(*mem_args).compile()
+
+    seq_first = lambda a: torch.from_numpy(np.ascontiguousarray(a[0][:, None]))  # noqa: E731
+    t_image = torch.from_numpy(np.ascontiguousarray(image.transpose(0, 3, 1, 2)))
+    t_curr, t_curr_pos, t_mem, t_mem_pos = map(seq_first, (curr, curr_pos, mem, mem_pos))
+
+    def ref_memory():
+        return ref.memory_attention(t_curr, t_mem, t_curr_pos, t_mem_pos, num_obj_ptr_tokens=n_ptr)
+
+    with torch.no_grad():
+        ours = np.asarray(memory(*mem_args))[0]
+        theirs = ref_memory().numpy()[:, 0]
+    err = np.abs(ours - theirs).max() / np.abs(theirs).max()
+    print(f"memory attention output: max |ours - ref| / max |ref| = {err:.1e}")
+
+    calls = {
+        "image encoder": (
+            lambda: jax.block_until_ready(encode(params, image)),
+            lambda: ref.forward_image(t_image),
+        ),
+        "memory attention (full bank)": (
+            lambda: jax.block_until_ready(memory(*mem_args)),
+            ref_memory,
+        ),
+    }
+    times = {name: ([], []) for name in calls}
+    with torch.no_grad():
+        for ours_fn, ref_fn in calls.values():
+            ours_fn(), ref_fn()
+        for _ in range(args.runs):
+            for name, fns in calls.items():
+                for fn, out in zip(fns, times[name], strict=True):
+                    t0 = time.perf_counter()
+                    fn()
+                    out.append(time.perf_counter() - t0)
+    total = [0.0, 0.0]
+    for name, (ours_t, ref_t) in times.items():
+        a, b = statistics.median(ours_t), statistics.median(ref_t)
+        total[0] += a
+        total[1] += b
+        print(f"{name:<30} sam-jax {a:7.3f} s   reference {b:7.3f} s   x{b / a:.2f}")
+    print(
+        f"{'sum':<30} sam-jax {total[0]:7.3f} s   reference {total[1]:7.3f} s   "
+        f"x{total[1] / total[0]:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
