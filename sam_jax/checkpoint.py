@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
 import warnings
@@ -76,9 +77,24 @@ def init_params(model: nn.Module, key: jax.Array) -> dict:
 
 def variable_shapes(model: nn.Module) -> dict:
     """The variables tree of `model` as ShapeDtypeStructs, without computing anything."""
+    # Tracing a model's init takes seconds (3 s for a tiny SAM 2), and every load checks
+    # its file against this tree: the trees of the last few models are kept (a model is
+    # hashable, equal models trace the same init). Each call gets its own containers of
+    # the shared, immutable leaves, so a caller may edit its tree.
+    try:
+        shapes = _cached_shapes(model)
+    except TypeError:  # a module with an unhashable field
+        shapes = _traced_shapes(model)
+    return jax.tree.map(lambda s: s, shapes)
+
+
+def _traced_shapes(model: nn.Module) -> dict:
     return jax.eval_shape(
         lambda: model.init(jax.random.key(0), _dummy_images(model), method="init_everything")
     )
+
+
+_cached_shapes = functools.lru_cache(maxsize=16)(_traced_shapes)
 
 
 def atomic_write(path: str | os.PathLike, write: Any) -> None:
