@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -252,11 +253,19 @@ def test_default_prompting_equals_the_former_clip_loss(tiny_sam2):
 
 def _object_draws(config, targets, key, prompting, num_corrections):
     """The ClipPrompts clip_loss draws for each object of one clip (1, T, K, S, S)."""
+    draws = _compiled_draws(config, targets, key, prompting, num_corrections)
+    return jax.tree.map(np.asarray, draws)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _compiled_draws(config, targets, key, prompting, num_corrections):
+    """_object_draws' arrays, one compiled program for every key (a search over keys
+    traced the draws op by op for each)."""
     soft = soft_targets(targets[0], config.mask_input_size)  # (T, K, 4g, 4g)
     visible = jnp.any(soft > 0.5, axis=(2, 3)).T  # (K, T)
     keys = jax.random.split(key, targets.shape[2])
     draw = lambda k, v: draw_prompts(jax.random.fold_in(k, 1), v, prompting, num_corrections)
-    return jax.tree.map(np.asarray, jax.vmap(draw)(keys, visible))
+    return jax.vmap(draw)(keys, visible)
 
 
 def test_every_prompt_kind_trains(shapes_sam2):
