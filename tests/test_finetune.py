@@ -1,5 +1,6 @@
-"""`sam-jax finetune` and sam_jax.train.finetune: end to end on the bundled tiny models with
-datasets of a few small synthetic images written here; resume reaches the parameters of an
+"""`sam-jax finetune` and sam_jax.train.finetune: end to end on the tests' tiny 64-px models
+(the bundled ones where a test names them) with datasets of a few small synthetic images
+written here; resume reaches the parameters of an
 uninterrupted run; a LoRA run saves base + merged update; bad input gives one error line."""
 
 from __future__ import annotations
