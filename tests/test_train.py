@@ -430,45 +430,6 @@ def test_innermost_pixel_and_batches():
     )
 
 
-def test_accumulation_averages_the_micro_batch_gradients():
-    """accumulate=N: the update is the optimizer's on the mean of the N micro-batches'
-    gradients (micro-batch i with key fold_in(key, i)), on the trained leaves only."""
-    import optax
-
-    from sam_jax.train.step import interactive_loss, trainable_labels
-
-    model = build_from_config(TINY)
-    variables = random_variables(model)
-    labels = trainable_labels(variables["params"], "decoder")
-    tx = optax.multi_transform({"train": optax.sgd(1.0), "freeze": optax.set_to_zero()}, labels)
-    step = make_train_step(model, tx, num_corrections=1, trainable="decoder", accumulate=2)
-    x, t = scene_batch(4)
-    key = jax.random.key(5)
-    state, met = step(TrainState.create(variables, tx), x, t, key)
-
-    @jax.jit
-    def grads(decoder, xi, ti, ki):
-        def loss(decoder):
-            params = {**variables["params"], "mask_decoder": decoder}
-            return interactive_loss(model, {**variables, "params": params}, xi, ti, ki, 1)
-
-        return jax.grad(loss, has_aux=True)(decoder)
-
-    decoder = variables["params"]["mask_decoder"]
-    micro = lambda i: grads(
-        decoder, x[2 * i : 2 * i + 2], t[2 * i : 2 * i + 2], jax.random.fold_in(key, i)
-    )
-    (g0, m0), (g1, m1) = micro(0), micro(1)
-    want = jax.tree.map(lambda p, a, b: p - (a + b) / 2, decoder, g0, g1)
-    got = state.variables["params"]
-    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got["mask_decoder"]), strict=True):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
-    assert _changed_modules(variables["params"], jax.device_get(got)) == {"mask_decoder"}
-    np.testing.assert_allclose(float(met["loss"]), (m0["loss"] + m1["loss"]) / 2, rtol=1e-5)
-    with pytest.raises(ValueError, match="must divide the batch"):
-        step(TrainState.create(variables, tx), x[:3], t[:3], key)
-
-
 def test_frozen_leaves_get_no_gradient_work(tiny_sam2):
     """The step differentiates only what trains: a frozen encoder's backward pass is not in
     the program (fewer matmuls than with everything training), with or without gradient
@@ -579,9 +540,12 @@ def test_padding_objects_add_no_loss_gradient_or_metric():
         _loss_and_grads(model, variables, x, objs, key, valid[:, :1])
 
 
-def test_valid_is_split_with_the_targets_when_accumulating():
-    """make_train_step(..., accumulate=2) with valid: micro-batch i gets rows i*b.. of valid
-    too; the update is the mean of the micro-batches' gradients with their own masks."""
+def test_accumulation_averages_the_micro_batch_gradients_with_their_valid_rows():
+    """make_train_step(..., accumulate=2) with valid: micro-batch i (rows i*b.. of the
+    images, targets and valid) runs with key fold_in(key, i); the update is the optimizer's
+    on the mean of the micro-batches' gradients with their own masks, on the trained leaves
+    only (`trainable`); the metrics are their means. (Accumulating without valid: the step
+    from precomputed embeddings below.)"""
     import optax
 
     from sam_jax.train.step import trainable_labels
@@ -590,7 +554,7 @@ def test_valid_is_split_with_the_targets_when_accumulating():
     variables = random_variables(model)
     labels = trainable_labels(variables["params"], "decoder")
     tx = optax.multi_transform({"train": optax.sgd(1.0), "freeze": optax.set_to_zero()}, labels)
-    step = make_train_step(model, tx, num_corrections=1, accumulate=2)
+    step = make_train_step(model, tx, num_corrections=1, trainable="decoder", accumulate=2)
     x, _ = scene_batch(2)
     objs = np.stack([scene(i, 64)[1][:2] for i in range(2)])
     valid = np.array([[True, False], [True, True]])
@@ -604,15 +568,22 @@ def test_valid_is_split_with_the_targets_when_accumulating():
             objs[i : i + 1],
             jax.random.fold_in(key, i),
             valid[i : i + 1],
-        )[1]["mask_decoder"]
+        )
         for i in range(2)
     ]
     want = jax.tree.map(
-        lambda p, a, b: p - (a + b) / 2, variables["params"]["mask_decoder"], *micro
+        lambda p, a, b: p - (a + b) / 2,
+        variables["params"]["mask_decoder"],
+        *[grads["mask_decoder"] for _, grads in micro],
     )
-    got = state.variables["params"]["mask_decoder"]
-    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+    got = state.variables["params"]
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got["mask_decoder"]), strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
+    assert _changed_modules(variables["params"], jax.device_get(got)) == {"mask_decoder"}
+    (_, m0), (_, m1) = (loss_and_metrics for loss_and_metrics, _ in micro)
+    np.testing.assert_allclose(float(met["loss"]), (m0["loss"] + m1["loss"]) / 2, rtol=1e-5)
+    with pytest.raises(ValueError, match="must divide the batch"):
+        step(TrainState.create(variables, tx), x[:1], objs[:1], key, valid[:1])
 
 
 def test_step_from_precomputed_embeddings_equals_the_step_from_images(tiny_sam2):
