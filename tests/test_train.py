@@ -630,22 +630,27 @@ def test_first_prompt_head_follows_prompt_kind(config):
     objs = np.stack([scene(i, s)[1][0] for i in range(6)])  # (6, S, S): six objects
     images = jnp.repeat(x, 6, axis=0)
     key = jax.random.key(11)
-    emb = model.apply(variables, images, method="encode_image")
+    # compiled, not run op by op (each op of the encoder and decoder compiled on its own)
+    emb = jax.jit(lambda im: model.apply(variables, im, method="encode_image"))(images)
     rows = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i), 0))(jnp.arange(6))
     coords, labels = clicks.per_row(clicks.first_prompt, rows, jnp.asarray(objs))
     kinds = np.asarray(labels[:, 0])
     assert {1, 2} <= set(kinds.tolist()), "the seed should draw both clicks and boxes"
     soft = losses.soft_targets(jnp.asarray(objs), config.mask_input_size)
     loss = jax.jit(lambda v: interactive_loss(model, variables, images, objs, key, 0, valid=v)[0])
-    for multi in (True, False):  # every object through one head, each loss on its own
-        out = model.apply(
+    predict = jax.jit(
+        lambda multi: model.apply(
             variables,
             emb,
             point_coords=coords,
             point_labels=labels,
             multimask_output=multi,
             method="predict_masks",
-        )
+        ),
+        static_argnums=0,
+    )
+    for multi in (True, False):  # every object through one head, each loss on its own
+        out = predict(multi)
         for i in np.flatnonzero((kinds == 1) == multi):
             want, _ = losses.sam_loss(out[0][i : i + 1], out[1][i : i + 1], soft[i : i + 1])
             if len(out) == 3:
