@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from common import compile_time, median_time, report  # noqa: E402
+from common import compile_time, interleaved_medians, median_time, report  # noqa: E402
 from reference import randomize_, to_nchw  # noqa: E402
 
 from sam_jax.checkpoint import build, variable_shapes  # noqa: E402
@@ -40,8 +40,9 @@ def main() -> None:
     encode = jax.jit(lambda v, im: model.apply(v, im, method="encode_image"))
     c = compile_time(encode, variables, x)
     with torch.no_grad():
-        t_torch = median_time(lambda: ref.image_encoder(x_t), args.repeats)
-    t_jax = median_time(lambda: encode(variables, x), args.repeats)
+        t_jax, t_torch = interleaved_medians(
+            lambda: encode(variables, x), lambda: ref.image_encoder(x_t), args.repeats
+        )
     report("sam_b image encoder 1024x1024", t_jax, t_torch, c)
 
     emb = encode(variables, x)

@@ -24,6 +24,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import interleaved_medians  # noqa: E402
 
 from sam_jax.config import VARIANTS  # noqa: E402
 from sam_jax.convert.keymap import state_dict_to_variables  # noqa: E402
@@ -76,7 +79,7 @@ def bench(name: str, runs: int, batch: int) -> dict:
     decode_c = jax.jit(decode).lower(params, feats, box, clicks, labels).compile()
     compile_dec = time.perf_counter() - t
     out = jax.block_until_ready(decode_c(params, feats, box, clicks, labels))  # warm-up
-    jax_enc = _median_time(lambda: jax.block_until_ready(encode_c(params, images)), runs)
+    jax_encode = lambda: jax.block_until_ready(encode_c(params, images))  # noqa: E731
     jax_dec = _median_time(
         lambda: jax.block_until_ready(decode_c(params, feats, box, clicks, labels)), runs
     )
@@ -100,7 +103,8 @@ def bench(name: str, runs: int, batch: int) -> dict:
     with torch.inference_mode():
         backbone = torch_encode()  # warm-up
         theirs = torch_decode(backbone)
-        torch_enc = _median_time(torch_encode, runs)
+        # The encoders in turn, call by call: this machine's speed drifts within minutes.
+        jax_enc, torch_enc = interleaved_medians(jax_encode, torch_encode, runs)
         torch_dec = _median_time(lambda: torch_decode(backbone), runs)
 
     errs = {

@@ -21,6 +21,21 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
     return statistics.median(times)
 
 
+def interleaved_medians(
+    fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int = 5
+) -> tuple[float, float]:
+    """Median wall times (s) of fn_a() and fn_b(), called in turn `repeats` times each after
+    one warm-up call each: this machine's speed drifts within minutes, and alternating
+    calls meet the drift alike. JAX results are waited for."""
+    times: tuple[list, list] = ([], [])
+    for _ in range(repeats + 1):
+        for fn, out in zip((fn_a, fn_b), times, strict=True):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            out.append(time.perf_counter() - t0)
+    return statistics.median(times[0][1:]), statistics.median(times[1][1:])
+
+
 def compile_time(jitted, *args, **kwargs) -> float:
     """Seconds to trace and compile `jitted` for these arguments."""
     t0 = time.perf_counter()
