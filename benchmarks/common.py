@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import jax
+import numpy as np
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -50,3 +51,24 @@ def report(name: str, jax_s: float, torch_s: float, compile_s: float | None = No
         f"speed-up x{torch_s / jax_s:5.2f}{extra}",
         flush=True,
     )
+
+
+def full_bank_memory_attention(model, seed: int = 1) -> tuple[Callable, tuple]:
+    """SAM 2's memory attention over a full bank: (fn, inputs), fn(params, *inputs) ->
+    (1, HW, 256). Every slot valid: `num_maskmem` frames of the S/16 grid's memory tokens and
+    `max_obj_ptrs_in_encoder` pointers (a 256-d pointer is 4 tokens of 64); random inputs."""
+    cfg = model.config
+    g = cfg.image_size // 16
+    n_ptr = 4 * cfg.max_obj_ptrs_in_encoder
+    m = cfg.num_maskmem * g * g + n_ptr
+    rng = np.random.default_rng(seed)
+    curr, curr_pos = (rng.standard_normal((1, g * g, 256)).astype(np.float32) for _ in "ab")
+    mem, mem_pos = (rng.standard_normal((1, m, 64)).astype(np.float32) for _ in "ab")
+
+    def run(mod, c, cp, mm, mp, valid):
+        return mod.memory_attention(c, cp, mm, mp, n_ptr, valid, (g, g))
+
+    def fn(params, *inputs):
+        return model.apply(params, *inputs, method=run)
+
+    return fn, (curr, curr_pos, mem, mem_pos, np.ones((1, m), bool))

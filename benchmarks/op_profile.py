@@ -33,6 +33,9 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import sam_jax  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(__file__))
+from common import full_bank_memory_attention  # noqa: E402
+
 
 def program(variant: str, what: str, dtype: str = "float32"):
     """(jitted function, its arguments) for the variant's encoder, a one-click decode, or
@@ -45,25 +48,8 @@ def program(variant: str, what: str, dtype: str = "float32"):
     if what == "encoder":
         return encode, (params, x)
     if what == "memory":
-        cfg = model.config
-        g = s // 16
-        n_ptr = cfg.max_obj_ptrs_in_encoder * 4  # a 256-d pointer is 4 tokens of 64
-        m = cfg.num_maskmem * g * g + n_ptr
-        rng = np.random.default_rng(1)
-        curr, pos = (jnp.asarray(rng.standard_normal((1, g * g, 256), np.float32)) for _ in "ab")
-        mem, mem_pos = (jnp.asarray(rng.standard_normal((1, m, 64), np.float32)) for _ in "ab")
-        valid = jnp.ones((1, m), bool)
-
-        def attend(v, *a):
-            return model.apply(
-                v,
-                *a,
-                method=lambda mod, c, p, mm, mp, mk: mod.memory_attention(
-                    c, p, mm, mp, n_ptr, mk, (g, g)
-                ),
-            )
-
-        return jax.jit(attend), (params, curr, pos, mem, mem_pos, valid)
+        attend, inputs = full_bank_memory_attention(model)
+        return jax.jit(attend), (params, *inputs)
     feats = encode(params, x)
     pts, lab = jnp.asarray([[[s * 0.4, s * 0.3]]]), jnp.asarray([[1]])
     decode = jax.jit(

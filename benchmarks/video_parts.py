@@ -5,7 +5,7 @@ A sam2.1_t frame at 1024 px, once every memory slot is in use, is one image enco
 the memory attention over 7 frames of 64x64 memory tokens and 16 object pointers (4 tokens
 each); the memory encoder, the mask decoder and the output resizing are the small rest
 (compare the sum with `bench_video.py`'s seconds per frame). Same random weights and inputs
-on both sides; medians of `--runs` calls each, after one warm-up call.
+on both sides; medians of `--runs` calls each, called in turn after one warm-up call.
 
 Run: .venv/bin/python benchmarks/video_parts.py [--runs 3]
 """
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -33,6 +31,7 @@ def main() -> None:
     import jax
     import torch
     from bench_video import build_reference
+    from common import full_bank_memory_attention, interleaved_medians
 
     from sam_jax.checkpoint import build_from_config, variable_shapes
     from sam_jax.convert.keymap import state_dict_to_variables
@@ -43,21 +42,10 @@ def main() -> None:
     sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
     params = jax.device_put(state_dict_to_variables(sd, variable_shapes(model)))
 
-    g = cfg.image_size // 16
+    image = np.random.default_rng(0).standard_normal((1, cfg.image_size, cfg.image_size, 3))
+    image = image.astype(np.float32)
+    attend, (curr, curr_pos, mem, mem_pos, valid) = full_bank_memory_attention(model)
     n_ptr = 4 * cfg.max_obj_ptrs_in_encoder
-    m = cfg.num_maskmem * g * g + n_ptr
-    rng = np.random.default_rng(0)
-    image = rng.standard_normal((1, cfg.image_size, cfg.image_size, 3)).astype(np.float32)
-    curr, curr_pos = (rng.standard_normal((1, g * g, 256)).astype(np.float32) for _ in "ab")
-    mem, mem_pos = (rng.standard_normal((1, m, 64)).astype(np.float32) for _ in "ab")
-    valid = np.ones((1, m), bool)
-
-    def attend(v, *a):
-        def run(mod, c, cp, mm, mp, mk):
-            return mod.memory_attention(c, cp, mm, mp, n_ptr, mk, (g, g))
-
-        return model.apply(v, *a, method=run)
-
     encode = jax.jit(lambda v, x: model.apply(v, x, method="encode_image"))
     encode = encode.lower(params, image).compile()
     mem_args = (params, curr, curr_pos, mem, mem_pos, valid)
@@ -86,19 +74,10 @@ def main() -> None:
             ref_memory,
         ),
     }
-    times = {name: ([], []) for name in calls}
     with torch.no_grad():
-        for ours_fn, ref_fn in calls.values():
-            ours_fn(), ref_fn()
-        for _ in range(args.runs):
-            for name, fns in calls.items():
-                for fn, out in zip(fns, times[name], strict=True):
-                    t0 = time.perf_counter()
-                    fn()
-                    out.append(time.perf_counter() - t0)
+        medians = {name: interleaved_medians(*fns, args.runs) for name, fns in calls.items()}
     total = [0.0, 0.0]
-    for name, (ours_t, ref_t) in times.items():
-        a, b = statistics.median(ours_t), statistics.median(ref_t)
+    for name, (a, b) in medians.items():
         total[0] += a
         total[1] += b
         print(f"{name:<30} sam-jax {a:7.3f} s   reference {b:7.3f} s   x{b / a:.2f}")
