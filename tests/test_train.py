@@ -23,6 +23,19 @@ from sam_jax.train.step import TrainState, make_optimizer, make_train_step
 from tests.tiny_configs import TINY2, TINY2_1, TINY_SAM, random_variables
 
 TINY = TINY_SAM
+# TINY with a one-layer mask decoder, for the tests that compile the interactive loss's
+# gradients (padding, accumulation, precomputed embeddings, sharding, the steps): their
+# claims are about the step, not the decoder's depth, and the second two-way layer is a
+# third of those programs' compile time (the parity tests cover two layers).
+TINY_1 = dataclasses.replace(TINY, decoder_depth=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_sam():
+    """TINY_1 and its random variables, shared: the tests compiling the same program on the
+    same shapes (`_loss_and_grads`) then share one compile."""
+    model = build_from_config(TINY_1)
+    return model, random_variables(model)  # init_params compiles for 9 s
 
 
 def test_losses_reference_values():
@@ -97,7 +110,9 @@ def test_optimizer_updates_only_what_trains(trainable):
     params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     tx = make_optimizer(params, trainable, 1e-3)
     grads = jax.tree.map(np.ones_like, params)
-    updates, _ = tx.update(grads, tx.init(params), params)
+    # compiled as one program (op by op, each of the optimizer's ops compiles on its own)
+    updates, _ = jax.jit(lambda g, p: tx.update(g, tx.init(p), p))(grads, params)
+    updates = jax.device_get(updates)
     moved = _changed_modules(params, jax.tree.map(lambda p, u: p + u, params, updates))
     want = {
         "decoder": {"mask_decoder"},
@@ -108,11 +123,10 @@ def test_optimizer_updates_only_what_trains(trainable):
     assert moved == want, (trainable, moved)
 
 
-def test_loss_decreases_and_bf16_and_remat_run():
+def test_loss_decreases_and_bf16_and_remat_run(tiny_sam):
     """Steps with everything training lower the loss and move every module, never the
     buffers; the bf16-compute step with encoder remat runs on float32 parameters."""
-    model = build_from_config(TINY)
-    variables = random_variables(model)  # init_params compiles for 9 s
+    model, variables = tiny_sam
     before = jax.tree.map(np.array, variables)
     tx = make_optimizer(variables["params"], "all", 2e-3)
     x, t = scene_batch()
@@ -126,7 +140,7 @@ def test_loss_decreases_and_bf16_and_remat_run():
     after = jax.device_get(state.variables)
     assert _changed_modules(before["params"], after["params"]) == set(before["params"])
     assert not _changed_modules(before["buffers"], after["buffers"])  # buffers never train
-    remat_model = build_from_config(TINY, remat=True)
+    remat_model = build_from_config(TINY_1, remat=True)
     bf16 = make_train_step(remat_model, tx, num_corrections=0, compute_dtype=jnp.bfloat16)
     state2, met2 = bf16(TrainState.create(variables, tx), x, t, jax.random.key(0))
     assert np.isfinite(float(met2["loss"]))
@@ -139,10 +153,10 @@ SHARDING_SCRIPT = textwrap.dedent(
     from sam_jax.checkpoint import build_from_config
     from sam_jax.train.sharding import make_mesh, shard_batch, shard_tree
     from sam_jax.train.step import TrainState, make_train_step
-    from tests.test_train import TINY, scene_batch
+    from tests.test_train import TINY_1, scene_batch
     from tests.tiny_configs import random_variables
     assert len(jax.devices()) == 4, jax.devices()
-    model = build_from_config(TINY)
+    model = build_from_config(TINY_1)
     variables = random_variables(model)
     # Plain SGD: Adam's first step is lr * sign(g), which turns float-level differences in
     # near-zero gradients into lr-sized parameter differences.
@@ -288,13 +302,12 @@ def test_clip_gradients_go_through_the_tracking_memory_with_or_without_remat(tin
         clip_loss(model, variables, clips[:, :1], targets[:, :1], jax.random.key(0))
 
 
-def test_several_objects_per_image_equal_repeating_the_image():
+def test_several_objects_per_image_equal_repeating_the_image(tiny_sam):
     """K objects per image (targets (B, K, S, S)): the image is encoded once, and the loss
     is exactly that of the image repeated K times with one object each."""
     from sam_jax.train.step import interactive_loss
 
-    model = build_from_config(TINY)
-    variables = random_variables(model)  # init_params compiles for 9 s
+    model, variables = tiny_sam
     x, _ = scene_batch(2)
     objs = np.stack([scene(i, 64)[1][:2] for i in range(2)])  # (2, K=2, S, S)
     loss = jax.jit(lambda x, t: interactive_loss(model, variables, x, t, jax.random.key(3), 1))
@@ -389,7 +402,10 @@ def test_trainable_takes_a_project_rule():
     assert trainable_labels(params, (None, ("image_encoder/*", "prompt_encoder/*"))) == preset
     assert trainable_labels(params, lambda name: name.startswith("mask_decoder/")) == preset
     tx = make_optimizer(params, (("mask_decoder/*",), ()), 1e-3)
-    updates, _ = tx.update(jax.tree.map(np.ones_like, params), tx.init(params), params)
+    grads = jax.tree.map(np.ones_like, params)
+    # one compiled program (op by op, each of the optimizer's ops compiles on its own)
+    updates, _ = jax.jit(lambda g, p: tx.update(g, tx.init(p), p))(grads, params)
+    updates = jax.device_get(updates)
     moved = _changed_modules(params, jax.tree.map(lambda p, u: p + u, params, updates))
     assert moved == {"mask_decoder"}
     with pytest.raises(ValueError, match="trainable must be one of"):
@@ -456,13 +472,15 @@ def test_optimizer_accumulation_keeps_state_for_trained_leaves_only():
     shapes = variable_shapes(build_from_config(TINY))["params"]
     params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     tx = make_optimizer(params, "decoder", 1e-3, accumulate=2)
-    state = tx.init(params)
+    state = jax.jit(tx.init)(params)
     n_decoder = sum(x.size for x in jax.tree.leaves(params["mask_decoder"]))
     # acc_grads + Adam's mu and nu, decoder-sized each; counters are scalars
     assert sum(x.size for x in jax.tree.leaves(state)) < 3 * n_decoder + 16
     grads = jax.tree.map(np.ones_like, params)
+    update = jax.jit(tx.update)  # one compiled program (op by op, each op compiles alone)
     for call in range(2):
-        updates, state = tx.update(grads, state, params)
+        updates, state = update(grads, state, params)
+        updates = jax.device_get(updates)
         moved = _changed_modules(params, jax.tree.map(lambda p, u: p + u, params, updates))
         assert moved == (set() if call == 0 else {"mask_decoder"}), (call, moved)
 
@@ -512,12 +530,11 @@ def _loss_and_grads(model, variables, images, targets, key, valid=None):
     return jax.value_and_grad(loss, has_aux=True)(variables["params"])
 
 
-def test_padding_objects_add_no_loss_gradient_or_metric():
+def test_padding_objects_add_no_loss_gradient_or_metric(tiny_sam):
     """Targets (B=2, K=2) whose last object is padding (valid False) give the loss,
     gradients and metrics of the 3 real objects alone (as three one-object rows), whatever
     the padding slot holds (garbage or an empty mask: no NaN from its prompts)."""
-    model = build_from_config(TINY)
-    variables = random_variables(model)
+    model, variables = tiny_sam
     x, _ = scene_batch(2)
     objs = np.stack([scene(i, 64)[1][:2] for i in range(2)])  # (2, K=2, S, S)
     valid = np.array([[True, True], [True, False]])
@@ -540,34 +557,34 @@ def test_padding_objects_add_no_loss_gradient_or_metric():
         _loss_and_grads(model, variables, x, objs, key, valid[:, :1])
 
 
-def test_accumulation_averages_the_micro_batch_gradients_with_their_valid_rows():
+def test_accumulation_averages_the_micro_batch_gradients_with_their_valid_rows(tiny_sam):
     """make_train_step(..., accumulate=2) with valid: micro-batch i (rows i*b.. of the
     images, targets and valid) runs with key fold_in(key, i); the update is the optimizer's
     on the mean of the micro-batches' gradients with their own masks, on the trained leaves
     only (`trainable`); the metrics are their means. (Accumulating without valid: the step
-    from precomputed embeddings below.)"""
+    from precomputed embeddings below. Micro-batches of (B=2, K=2) objects: their reference
+    gradients are the padding test's compiled program.)"""
     import optax
 
     from sam_jax.train.step import trainable_labels
 
-    model = build_from_config(TINY)
-    variables = random_variables(model)
+    model, variables = tiny_sam
     labels = trainable_labels(variables["params"], "decoder")
     tx = optax.multi_transform({"train": optax.sgd(1.0), "freeze": optax.set_to_zero()}, labels)
     step = make_train_step(model, tx, num_corrections=1, trainable="decoder", accumulate=2)
-    x, _ = scene_batch(2)
-    objs = np.stack([scene(i, 64)[1][:2] for i in range(2)])
-    valid = np.array([[True, False], [True, True]])
+    x, _ = scene_batch(4)
+    objs = np.stack([scene(i, 64)[1][:2] for i in range(4)])
+    valid = np.array([[True, False], [True, True], [True, True], [False, True]])
     key = jax.random.key(9)
     state, met = step(TrainState.create(variables, tx), x, objs, key, valid)
     micro = [
         _loss_and_grads(
             model,
             variables,
-            x[i : i + 1],
-            objs[i : i + 1],
+            x[2 * i : 2 * i + 2],
+            objs[2 * i : 2 * i + 2],
             jax.random.fold_in(key, i),
-            valid[i : i + 1],
+            valid[2 * i : 2 * i + 2],
         )
         for i in range(2)
     ]
@@ -586,7 +603,7 @@ def test_accumulation_averages_the_micro_batch_gradients_with_their_valid_rows()
         step(TrainState.create(variables, tx), x[:1], objs[:1], key, valid[:1])
 
 
-def test_step_from_precomputed_embeddings_equals_the_step_from_images(tiny_sam2):
+def test_step_from_precomputed_embeddings_equals_the_step_from_images(tiny_sam, tiny_sam2):
     """A decoder-only step (accumulating 2 micro-batches, so the embeddings' leading axis
     is split) from `encode_image`'s output gives the new parameters of the step from the
     images; SAM 2's dict of features gives the loss of its images."""
@@ -594,11 +611,11 @@ def test_step_from_precomputed_embeddings_equals_the_step_from_images(tiny_sam2)
 
     from sam_jax.train.step import interactive_loss, trainable_labels
 
-    model = build_from_config(TINY)
-    variables = random_variables(model)
+    model, variables = tiny_sam
     labels = trainable_labels(variables["params"], "decoder")
     tx = optax.multi_transform({"train": optax.sgd(1.0), "freeze": optax.set_to_zero()}, labels)
-    step = make_train_step(model, tx, num_corrections=1, accumulate=2)
+    # the step differentiates the decoder alone (no backward pass through the encoder)
+    step = make_train_step(model, tx, num_corrections=1, trainable="decoder", accumulate=2)
     x, t = scene_batch(2)
     key = jax.random.key(4)
     emb = jax.jit(lambda x: model.apply(variables, x, method="encode_image"))(x)
