@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -87,6 +89,17 @@ def test_encoder_features(small_pair):
     assert rel_err(got, want) <= 1e-4
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _encode_and_decode(model, variables, emb, prompts, b, multimask):
+    """Our prompt encoder's (sparse, dense, dense PE) and predict_masks' (logits, iou), one
+    compiled program (run op by op, every op was dispatched and compiled alone)."""
+    pe_module = model.bind(variables).prompt_encoder
+    names = ("point_coords", "point_labels", "boxes", "mask_inputs")  # jit sorts dict keys
+    sparse, dense = pe_module(b, *(prompts[k] for k in names))
+    out = model.apply(variables, emb, **prompts, multimask_output=multimask, method="predict_masks")
+    return sparse, dense, pe_module.dense_pe(), out
+
+
 @pytest.mark.parametrize("kinds", PROMPT_SETS, ids=lambda k: "+".join(k) or "none")
 @pytest.mark.parametrize("multimask", [True, False], ids=["multi", "single"])
 def test_prompt_encoder_and_decoder(small_pair, kinds, multimask):
@@ -101,18 +114,16 @@ def test_prompt_encoder_and_decoder(small_pair, kinds, multimask):
         "boxes": p["boxes"] if "boxes" in kinds else None,
         "mask_inputs": p["masks"] if "masks" in kinds else None,
     }
-    pe_module = model.bind(variables).prompt_encoder
-    sparse, dense = pe_module(b, *prompts.values())
+    sparse, dense, dense_pe, (logits, iou) = _encode_and_decode(
+        model, variables, emb, prompts, b, multimask
+    )
     assert rel_err(sparse, sparse_r.numpy()) <= 1e-5
     assert (
         rel_err(np.broadcast_to(dense, (b, *dense.shape[1:])), nchw(dense_r.expand(b, -1, -1, -1)))
         <= 1e-5
     )
-    assert rel_err(pe_module.dense_pe()[None], nchw(ref.prompt_encoder.get_dense_pe())) <= 1e-5
+    assert rel_err(dense_pe[None], nchw(ref.prompt_encoder.get_dense_pe())) <= 1e-5
 
-    logits, iou = model.apply(
-        variables, emb, **prompts, multimask_output=multimask, method="predict_masks"
-    )
     m = 3 if multimask else 1
     assert logits.shape == (b, m, s // 4, s // 4) and iou.shape == (b, m)
     assert rel_err(logits, logits_r.numpy()) <= 1e-3
