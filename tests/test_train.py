@@ -319,10 +319,13 @@ def test_several_objects_per_image_equal_repeating_the_image(tiny_sam):
 
 def test_sam2_trains_in_image_mode_and_on_several_objects_per_clip(tiny_sam2):
     """SAM 2 in image mode goes through the same interactive step as SAM (plus the
-    object-score loss); a clip with K objects gives the loss of the clip repeated K times
-    (here with a model shortened to remember one recent frame, `shorten_memory`)."""
+    object-score loss), and its dict of precomputed features (`encode_image`'s) gives the
+    loss of its images (the step's metric; SAM's step from embeddings is tested below); a
+    clip with K objects gives the loss of the clip repeated K times (here with a model
+    shortened to remember one recent frame, `shorten_memory`)."""
     from sam_jax.projects.shapes.memory_window import shorten_memory
     from sam_jax.train.batching import normalise
+    from sam_jax.train.step import interactive_loss
     from sam_jax.train.video_step import clip_loss
 
     model, variables = tiny_sam2
@@ -339,6 +342,11 @@ def test_sam2_trains_in_image_mode_and_on_several_objects_per_clip(tiny_sam2):
         state.variables["params"]["sam_mask_decoder"],
     )
     assert max(jax.tree.leaves(changed)) > 0
+    # the step's loss (of the parameters before it) from the images, here from the features
+    feats = jax.jit(lambda x: model.apply(variables, x, method="encode_image"))(x)
+    key = jax.random.key(1)
+    loss = jax.jit(lambda f: interactive_loss(model, variables, f, t[:, None], key, 1)[0])
+    np.testing.assert_allclose(float(loss(feats)), float(met["loss"]), rtol=1e-5)
 
     short_model, short_vars = shorten_memory(model, variables, 2)
     frames, masks = video(5, 3, 64)
@@ -603,13 +611,13 @@ def test_accumulation_averages_the_micro_batch_gradients_with_their_valid_rows(t
         step(TrainState.create(variables, tx), x[:1], objs[:1], key, valid[:1])
 
 
-def test_step_from_precomputed_embeddings_equals_the_step_from_images(tiny_sam, tiny_sam2):
+def test_step_from_precomputed_embeddings_equals_the_step_from_images(tiny_sam):
     """A decoder-only step (accumulating 2 micro-batches, so the embeddings' leading axis
     is split) from `encode_image`'s output gives the new parameters of the step from the
-    images; SAM 2's dict of features gives the loss of its images."""
+    images. (SAM 2's dict of features gives the loss of its images: the image-mode test.)"""
     import optax
 
-    from sam_jax.train.step import interactive_loss, trainable_labels
+    from sam_jax.train.step import trainable_labels
 
     model, variables = tiny_sam
     labels = trainable_labels(variables["params"], "decoder")
@@ -626,11 +634,6 @@ def test_step_from_precomputed_embeddings_equals_the_step_from_images(tiny_sam, 
     assert _changed_modules(variables["params"], jax.device_get(b)) == {"mask_decoder"}
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
-
-    model2, variables2 = tiny_sam2
-    feats = jax.jit(lambda x: model2.apply(variables2, x, method="encode_image"))(x)
-    loss = jax.jit(lambda im: interactive_loss(model2, variables2, im, t, key, 1)[0])
-    np.testing.assert_allclose(float(loss(feats)), float(loss(x)), rtol=1e-5)
 
 
 @pytest.mark.parametrize("config", [TINY, TINY2], ids=["sam", "sam2"])
