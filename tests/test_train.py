@@ -636,7 +636,9 @@ def test_step_from_precomputed_embeddings_equals_the_step_from_images(tiny_sam):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("config", [TINY, TINY2], ids=["sam", "sam2"])
+# SAM's with a one-layer mask decoder: the claim is which output head trains, not the
+# decoder's depth (2.9 s less to compile; SAM 2's gains nothing measurable at one layer)
+@pytest.mark.parametrize("config", [TINY_1, TINY2], ids=["sam", "sam2"])
 def test_first_prompt_head_follows_prompt_kind(config):
     """As SAM 2 trains: a first click trains the multimask output (its best mask), a first
     box the single-mask output. Each object's loss (num_corrections=0), isolated with
