@@ -102,6 +102,16 @@ def _changed_modules(before: dict, after: dict) -> set[str]:
     }
 
 
+def _moved_by_a_first_update(tx, params: dict) -> set[str]:
+    """The modules whose parameters the optimizer's first update (all-ones gradients)
+    moves; tx.init and tx.update compiled as one program (op by op, each op compiles
+    alone)."""
+    grads = jax.tree.map(np.ones_like, params)
+    updates, _ = jax.jit(lambda g, p: tx.update(g, tx.init(p), p))(grads, params)
+    updates = jax.device_get(updates)
+    return _changed_modules(params, jax.tree.map(lambda p, u: p + u, params, updates))
+
+
 @pytest.mark.parametrize("trainable", ["decoder", "prompt_decoder", "all_but_encoder", "all"])
 def test_optimizer_updates_only_what_trains(trainable):
     """The optimizer's update is non-zero exactly on the chosen modules. (The train step
@@ -109,11 +119,7 @@ def test_optimizer_updates_only_what_trains(trainable):
     shapes = variable_shapes(build_from_config(TINY))["params"]
     params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     tx = make_optimizer(params, trainable, 1e-3)
-    grads = jax.tree.map(np.ones_like, params)
-    # compiled as one program (op by op, each of the optimizer's ops compiles on its own)
-    updates, _ = jax.jit(lambda g, p: tx.update(g, tx.init(p), p))(grads, params)
-    updates = jax.device_get(updates)
-    moved = _changed_modules(params, jax.tree.map(lambda p, u: p + u, params, updates))
+    moved = _moved_by_a_first_update(tx, params)
     want = {
         "decoder": {"mask_decoder"},
         "prompt_decoder": {"mask_decoder", "prompt_encoder"},
@@ -410,11 +416,7 @@ def test_trainable_takes_a_project_rule():
     assert trainable_labels(params, (None, ("image_encoder/*", "prompt_encoder/*"))) == preset
     assert trainable_labels(params, lambda name: name.startswith("mask_decoder/")) == preset
     tx = make_optimizer(params, (("mask_decoder/*",), ()), 1e-3)
-    grads = jax.tree.map(np.ones_like, params)
-    # one compiled program (op by op, each of the optimizer's ops compiles on its own)
-    updates, _ = jax.jit(lambda g, p: tx.update(g, tx.init(p), p))(grads, params)
-    updates = jax.device_get(updates)
-    moved = _changed_modules(params, jax.tree.map(lambda p, u: p + u, params, updates))
+    moved = _moved_by_a_first_update(tx, params)
     assert moved == {"mask_decoder"}
     with pytest.raises(ValueError, match="trainable must be one of"):
         trainable_labels(params, "encoder")
