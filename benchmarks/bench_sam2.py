@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,22 +25,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import interleaved_medians  # noqa: E402
+from common import interleaved_medians, median_time  # noqa: E402
 
 from sam_jax.config import VARIANTS  # noqa: E402
 from sam_jax.convert.keymap import state_dict_to_variables  # noqa: E402
 from sam_jax.models.sam2 import Sam2  # noqa: E402
 from tests.reference import nchw, randomize_, rel_err, to_nchw  # noqa: E402
 from tests.reference_sam2 import build_reference_sam2  # noqa: E402
-
-
-def _median_time(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def bench(name: str, runs: int, batch: int) -> dict:
@@ -80,9 +70,7 @@ def bench(name: str, runs: int, batch: int) -> dict:
     compile_dec = time.perf_counter() - t
     out = jax.block_until_ready(decode_c(params, feats, box, clicks, labels))  # warm-up
     jax_encode = lambda: jax.block_until_ready(encode_c(params, images))  # noqa: E731
-    jax_dec = _median_time(
-        lambda: jax.block_until_ready(decode_c(params, feats, box, clicks, labels)), runs
-    )
+    jax_dec = median_time(lambda: decode_c(params, feats, box, clicks, labels), runs, warmup=0)
 
     # ---- torch (eager)
     timg = to_nchw(images)
@@ -105,7 +93,7 @@ def bench(name: str, runs: int, batch: int) -> dict:
         theirs = torch_decode(backbone)
         # The encoders in turn, call by call: this machine's speed drifts within minutes.
         jax_enc, torch_enc = interleaved_medians(jax_encode, torch_encode, runs)
-        torch_dec = _median_time(lambda: torch_decode(backbone), runs)
+        torch_dec = median_time(lambda: torch_decode(backbone), runs, warmup=0)
 
     errs = {
         "features": rel_err(feats["vision_features"], nchw(backbone["vision_features"])),
