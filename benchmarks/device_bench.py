@@ -53,9 +53,9 @@ TRAIN_JOBS = ("t_full", "t_decoder_accum", "l_clip_frozen", "l_clip_all")
 CAPS = {"sam_b": 100, "sam2.1_t": 150, "t_full": 60, "t_decoder_accum": 60}
 CAPS |= {"l_clip_frozen": 140, "l_clip_all": 110}  # l_clip_frozen draws sam2.1_l's weights
 MIN_JOB_S = 30  # a job is not started with less left than this
-# --quick runs on CPU, where the tiny train steps compile slower than the real ones on a
-# GPU host (t_full's took over its 60 s cap on a 2-core CPU): its caps and default budget
-# are this many times the GPU run's, so the check reaches every job.
+# --quick checks the code on CPU, where even the tiny train steps can outlast the GPU run's
+# caps (their compiles run on a few CPU cores): its caps and default budget are this many
+# times the GPU run's, so the check reaches every job.
 QUICK_SCALE = 3
 CASE_MARGIN_S = 8  # inside a job, no new case starts this close to its deadline
 CPU_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
