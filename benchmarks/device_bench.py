@@ -52,6 +52,7 @@ TRAIN_JOBS = ("t_full", "t_decoder_accum", "l_clip_frozen", "l_clip_all")
 # Seconds a job may take at most (compiles included); the budget may cut it shorter.
 CAPS = {"sam_b": 100, "sam2.1_t": 150, "t_full": 60, "t_decoder_accum": 60}
 CAPS |= {"l_clip_frozen": 140, "l_clip_all": 110}  # l_clip_frozen draws sam2.1_l's weights
+BUDGET_S = 420.0  # default seconds for all the jobs: device.sh's 480 s call, less margin
 MIN_JOB_S = 30  # a job is not started with less left than this
 # --quick checks the code on CPU, where even the tiny train steps can outlast the GPU run's
 # caps (their compiles run on a few CPU cores): its caps and default budget are this many
@@ -454,14 +455,14 @@ def main_parent(args: argparse.Namespace) -> None:
     report: dict[str, Any] = {"gpu": gpu_name(), "jax": jax.__version__, "quick": args.quick}
     report |= {"budget_s": args.budget, "python": sys.version.split()[0], "results": []}
     print(f"GPU: {report['gpu']}\njax {jax.__version__}, budget {args.budget:.0f} s", flush=True)
+    scale = QUICK_SCALE if args.quick else 1
     with tempfile.TemporaryDirectory() as cache:
         for job in jobs:
             left = args.budget - (time.monotonic() - start)
             if left < MIN_JOB_S:
                 recs = [{"label": f"{job} job", "skipped": f"over the budget ({left:.0f} s left)"}]
             else:
-                cap = CAPS[job] * (QUICK_SCALE if args.quick else 1)
-                recs = run_job(args, job, min(cap, left), cache)
+                recs = run_job(args, job, min(CAPS[job] * scale, left), cache)
             for rec in recs:
                 if rec["label"] == "device":
                     if "device" in report:
@@ -480,7 +481,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny models: a CPU check of the code")
     ap.add_argument(
-        "--budget", type=float, help="seconds for all the jobs (420; --quick: 3x as long)"
+        "--budget",
+        type=float,
+        help=f"seconds for all the jobs ({BUDGET_S:.0f}; --quick: {QUICK_SCALE}x as long)",
     )
     ap.add_argument("--only", nargs="+", choices=INFER_JOBS + TRAIN_JOBS, help="these jobs")
     ap.add_argument("--json", help="results file (default $OUT/device_results.json)")
@@ -493,7 +496,7 @@ def main() -> None:
     args = ap.parse_args()
     args.train_runs = args.train_runs or (1 if args.quick else 3)
     if args.budget is None:
-        args.budget = 420.0 * (QUICK_SCALE if args.quick else 1)
+        args.budget = BUDGET_S * (QUICK_SCALE if args.quick else 1)
     if args.budget <= 0 or args.train_runs < 1:
         raise ValueError(
             f"--budget and --train-runs must be positive; got {args.budget}, {args.train_runs}"
