@@ -2,7 +2,8 @@
 
 JAX (jit, after warm-up) versus ultralytics 8.4.190 torch eager, same random weights
 (every parameter and BatchNorm statistic randomised) and the same input, measured in the
-same run. Prints the median of several runs, the ratio and the JAX compile time.
+same run. Prints the medians of several calls, each library's in turn, the ratio, the JAX
+compile time and both libraries' rate on the encoder's products (benchmarks/flops.py).
 Run: .venv/bin/python benchmarks/bench_mobile_sam.py [--repeats N] [--batch B]
 """
 
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from common import compile_time, median_time, report  # noqa: E402
+from common import compile_time, interleaved_medians, report  # noqa: E402
+from flops import encoder_gflop, peak_gflops, rate_line  # noqa: E402
 from reference import randomize_, rel_err, to_nchw  # noqa: E402
 
 from sam_jax.checkpoint import build, variable_shapes  # noqa: E402
@@ -43,10 +45,12 @@ def main() -> None:
     encode = jax.jit(lambda v, im: model.apply(v, im, method="encode_image"))
     c = compile_time(encode, variables, x)
     with torch.no_grad():
-        t_torch = median_time(lambda: ref.image_encoder(x_t), args.repeats)
         err = rel_err(np.asarray(encode(variables, x)), ref.image_encoder(x_t).permute(0, 2, 3, 1))
-    t_jax = median_time(lambda: encode(variables, x), args.repeats)
+        t_jax, t_torch = interleaved_medians(
+            lambda: encode(variables, x), lambda: ref.image_encoder(x_t), args.repeats
+        )
     report(f"mobile_sam image encoder 1024x1024 b{args.batch}", t_jax, t_torch, c)
+    print(rate_line(encoder_gflop(model, args.batch), t_jax, t_torch, peak_gflops()))
     print(f"(outputs agree: rel err {err:.1e})")
 
 

@@ -1,7 +1,8 @@
 """sam_b: image encoder at 1024 and prompt -> mask latency from a cached embedding.
 
 JAX (jit, after warm-up) versus ultralytics 8.4.190 torch eager, same random weights and
-inputs, measured in the same run. Run: .venv/bin/python benchmarks/bench_sam.py
+inputs, measured in the same run; the encoder's rate on its products against a 2048^3
+product's is printed too (benchmarks/flops.py). Run: .venv/bin/python benchmarks/bench_sam.py
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from common import compile_time, interleaved_medians, median_time, report  # noqa: E402
+from flops import encoder_gflop, peak_gflops, rate_line  # noqa: E402
 from reference import randomize_, to_nchw  # noqa: E402
 
 from sam_jax.checkpoint import build, variable_shapes  # noqa: E402
@@ -44,6 +46,7 @@ def main() -> None:
             lambda: encode(variables, x), lambda: ref.image_encoder(x_t), args.repeats
         )
     report("sam_b image encoder 1024x1024", t_jax, t_torch, c)
+    print(rate_line(encoder_gflop(model), t_jax, t_torch, peak_gflops()), flush=True)
 
     emb = encode(variables, x)
     emb_t = to_nchw(np.asarray(emb))

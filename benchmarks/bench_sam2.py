@@ -7,7 +7,8 @@ values, convert it in memory, then time at 1024 px, in the same process and on t
 inputs: the image encoder (forward_image / encode_image) and the SAM heads for a box + click
 prompt (no_mem_embed + _forward_sam_heads / predict_masks). JAX times are after compilation
 and warm-up (the compile time is printed separately); torch runs under inference_mode after
-one warm-up call. Reported: median of `--runs`, and the outputs' relative difference.
+one warm-up call. Reported: median of `--runs`, the outputs' relative difference, and both
+libraries' rate on the encoder's products against a 2048^3 product's (benchmarks/flops.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import interleaved_medians, median_time  # noqa: E402
+from flops import encoder_gflop, peak_gflops, rate_line  # noqa: E402
 
 from sam_jax.config import VARIANTS  # noqa: E402
 from sam_jax.convert.keymap import state_dict_to_variables  # noqa: E402
@@ -109,6 +111,7 @@ def bench(name: str, runs: int, batch: int) -> dict:
         "compile_enc": compile_enc,
         "compile_dec": compile_dec,
         "errs": errs,
+        "gflop_enc": encoder_gflop(model, batch),
     }
 
 
@@ -129,6 +132,7 @@ def main() -> None:
     print(header)
     for name in args.variants:
         r = bench(name, args.runs, args.batch)
+        peak = peak_gflops()  # right after the encoders, in the state they ran in
         gc.collect()  # one model's buffers at a time
         for part, j, t, c in [
             ("encoder", r["jax_enc"], r["torch_enc"], r["compile_enc"]),
@@ -144,6 +148,9 @@ def main() -> None:
         print(
             f"{name:<10} max rel diff vs torch: "
             + ", ".join(f"{k} {v:.1e}" for k, v in r["errs"].items())
+        )
+        print(
+            f"{name:<10} encoder:" + rate_line(r["gflop_enc"], r["jax_enc"], r["torch_enc"], peak)
         )
 
 

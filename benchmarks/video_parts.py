@@ -7,7 +7,11 @@ each); the memory encoder, the mask decoder and the output resizing are the smal
 (compare the sum with `bench_video.py`'s seconds per frame). Same random weights and inputs
 on both sides; medians of `--runs` calls each, called in turn after one warm-up call.
 
-Run: .venv/bin/python benchmarks/video_parts.py [--runs 3]
+Last, the rate a speed-up of `--target` (1.5) on the two parts would ask for: sam-jax's
+products in both (benchmarks/flops.py) over the reference's time divided by the target,
+against a 2048^3 product's rate measured in the same run.
+
+Run: .venv/bin/python benchmarks/video_parts.py [--runs 3] [--target 1.5]
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ sys.path.insert(0, HERE)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--target", type=float, default=1.5, help="speed-up to size the rate for")
     args = ap.parse_args()
 
     import jax
     import torch
     from bench_video import build_reference
     from common import full_bank_memory_attention, interleaved_medians
+    from flops import encoder_gflop, peak_gflops, program_gflop
 
     from sam_jax.checkpoint import build_from_config, variable_shapes
     from sam_jax.convert.keymap import state_dict_to_variables
@@ -84,6 +90,24 @@ def main() -> None:
     print(
         f"{'sum':<30} sam-jax {total[0]:7.3f} s   reference {total[1]:7.3f} s   "
         f"x{total[1] / total[0]:.2f}"
+    )
+    # What a given speed-up asks of this machine: sam-jax's products (benchmarks/flops.py;
+    # the reference's memory attention multiplies more, its values at width 256) at the
+    # rate that time implies, against a 2048^3 product's rate measured now.
+    gflop = {
+        "image encoder": encoder_gflop(model),
+        "memory attention (full bank)": program_gflop(attend, *mem_args),
+    }
+    peak = peak_gflops()
+    for name, (a, _) in medians.items():
+        print(
+            f"{name:<30} {gflop[name]:6.1f} GFLOP of products, sam-jax {gflop[name] / a:4.0f} GFLOP/s"
+        )
+    need = sum(gflop.values()) / (total[1] / args.target)
+    print(
+        f"a 2048^3 product: {peak:.0f} GFLOP/s. x{args.target} on the sum needs "
+        f"{sum(gflop.values()):.0f} GFLOP in {total[1] / args.target:.2f} s: {need:.0f} GFLOP/s, "
+        f"{need / peak:.0%} of it"
     )
 
 
