@@ -168,9 +168,11 @@ class Hiera(nn.Module):
         win = self.param("pos_embed_window", zeros, (1, c, ws, ws), jnp.float32)[0]
         if h % ws or w % ws:
             raise ValueError(f"Hiera needs the S/4 grid ({h}x{w}) to be a multiple of {ws}")
-        bkg = jnp.einsum(
-            "oh,pw,chw->opc", bicubic_weights(bh, h), bicubic_weights(bw, w), bkg
-        )  # the resize matrices are static numpy, built once per trace
+        # The resize matrices are static numpy, built once per trace. Columns first, then
+        # rows, each product leaving channels last: a three-operand einsum ended with a
+        # transpose of the whole (C, h, w) table, twice as slow at 1024 px.
+        cols = jnp.einsum("pw,chw->hpc", bicubic_weights(bw, w), bkg)  # (bh, w, C)
+        bkg = jnp.einsum("oh,hpc->opc", bicubic_weights(bh, h), cols)
         return bkg + jnp.tile(win.transpose(1, 2, 0), (h // ws, w // ws, 1))
 
     @nn.compact
