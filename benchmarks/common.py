@@ -22,6 +22,19 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
     return statistics.median(times)
 
 
+def best_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Shortest wall time of fn() in seconds over `repeats` calls after `warmup`; JAX
+    results are waited for."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def interleaved_medians(
     fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int = 5
 ) -> tuple[float, float]:

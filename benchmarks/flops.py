@@ -21,12 +21,12 @@ import argparse
 import math
 import os
 import sys
-import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import best_time
 from jax.extend import core as jex_core
 
 
@@ -76,13 +76,7 @@ def peak_gflops(n: int = 2048, repeats: int = 10) -> float:
     rng = np.random.default_rng(0)
     a = jnp.asarray(rng.standard_normal((n, n), dtype=np.float32))
     dot = jax.jit(jnp.dot)
-    dot(a, a).block_until_ready()
-    best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        dot(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n**3 / best / 1e9
+    return 2.0 * n**3 / best_time(lambda: dot(a, a), repeats) / 1e9
 
 
 def encoder_gflop(model, batch: int = 1) -> float:

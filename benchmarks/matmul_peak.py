@@ -8,12 +8,13 @@ Run: .venv/bin/python benchmarks/matmul_peak.py
 
 from __future__ import annotations
 
-import time
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from common import best_time
 
 # (M, K, N): square sizes, then the token x width products of the encoders at 1024 px:
 # Hiera-T's four stages (MLP in), SAM ViT-B's MLP, TinyViT's last stage.
@@ -34,16 +35,6 @@ def _dot(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.dot(x, y, preferred_element_type=jnp.float32)
 
 
-def best_time(fn, *args, repeats: int = 5) -> float:
-    fn(*args)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def main() -> None:
     print(
         f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
@@ -62,8 +53,8 @@ def main() -> None:
             ja, jb = jnp.asarray(a, dt), jnp.asarray(b, dt)
             ta, tb = torch.from_numpy(a).to(tdt), torch.from_numpy(b).to(tdt)
             flops = 2.0 * m * k * n / 1e9
-            row.append(flops / best_time(lambda x, y: _dot(x, y).block_until_ready(), ja, jb))
-            row.append(flops / best_time(torch.mm, ta, tb))
+            row.append(flops / best_time(functools.partial(_dot, ja, jb)))
+            row.append(flops / best_time(functools.partial(torch.mm, ta, tb)))
         print(
             f"{name:<22} {f'{m} x {k} x {n}':>20} {row[0]:8.0f} {row[1]:9.0f} {row[2]:8.0f} "
             f"{row[3]:10.0f}"
